@@ -1,0 +1,848 @@
+/* rsm: a replicated state machine: canonical/raft over libuv, applying typed commands to SQLite. */
+#include "ap/rsm.h"
+
+#include "ap/base.h"
+#include "ap/log.h"
+#include "ap/metrics.h"
+#include "ap/raft_transport.h"
+
+#include <errno.h>
+#include <raft/uv.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define MAX_PEERS 16
+
+/* A command waiting to be put into an entry, or riding in one. */
+struct proposal {
+    uint8_t *cmd;
+    size_t len;
+    ap_rsm_propose_cb cb;
+    void *data;
+    uint64_t start_ns;
+    struct proposal *next;
+};
+
+/* One raft entry in flight. */
+struct apply_req {
+    struct raft_apply req;
+    struct ap_rsm *rsm;
+    struct proposal *props; /* In order of the commands in the entry. */
+    size_t n;
+};
+
+struct waiter {
+    ap_rsm_barrier_cb cb;
+    void *data;
+    struct waiter *next;
+};
+
+struct barrier_req {
+    struct raft_barrier req;
+    struct ap_rsm *rsm;
+    struct waiter *waiters;
+};
+
+/* A membership change goes through three steps: record addresses, raft_add, raft_assign. */
+struct change_req {
+    struct raft_change req;
+    struct ap_rsm *rsm;
+    struct ap_rsm_member m;
+    bool remove;
+    int step;
+    ap_rsm_change_cb cb;
+    void *data;
+};
+
+struct ap_rsm {
+    uv_loop_t *loop;
+    struct raft raft;
+    struct raft_io io;
+    struct ap_raft_transport transport;
+    struct ap_store *store;
+    struct ap_rsm_fsm *fsm;
+    uint64_t id;
+    char dir[512];
+    char raft_addr[64];
+    char http_addr[64];
+    struct ap_rsm_member peers[MAX_PEERS];
+    size_t n_peers;
+    bool join;
+    unsigned election_ms, heartbeat_ms, threshold, trailing;
+
+    uv_idle_t flush_idle;    /* Runs the batcher in the iteration a proposal arrived. */
+    uv_check_t commit_check; /* Group commit at the end of every loop iteration. */
+    struct proposal *queue_head, *queue_tail;
+    size_t queue_len;
+    struct waiter *barrier_waiters;
+
+    bool raft_inited, started, closing;
+    int handles_open;
+    void (*close_cb)(void *data);
+    void *close_data;
+
+    struct ap_metric *m_proposals, *m_entries, *m_latency, *m_term, *m_commit, *m_applied,
+        *m_snapshots, *m_is_leader;
+    uint64_t snapshots_seen;
+};
+
+static uint64_t now_ns(void)
+{
+    return uv_hrtime();
+}
+
+enum ap_rsm_role ap_rsm_role(struct ap_rsm *r)
+{
+    switch (raft_state(&r->raft)) {
+    case RAFT_FOLLOWER:
+        return AP_RSM_FOLLOWER;
+    case RAFT_CANDIDATE:
+        return AP_RSM_CANDIDATE;
+    case RAFT_LEADER:
+        return AP_RSM_LEADER;
+    default:
+        return AP_RSM_UNAVAILABLE;
+    }
+}
+
+const char *ap_rsm_role_name(enum ap_rsm_role role)
+{
+    static const char *names[] = {"unavailable", "follower", "candidate", "leader"};
+    return (size_t)role < AP_ARRAY_LEN(names) ? names[role] : "unavailable";
+}
+
+static void update_gauges(struct ap_rsm *r)
+{
+    ap_metric_set(r->m_term, (double)r->raft.current_term);
+    ap_metric_set(r->m_commit, (double)r->raft.commit_index);
+    ap_metric_set(r->m_applied, (double)ap_rsm_fsm_applied(r->fsm));
+    ap_metric_set(r->m_is_leader, ap_rsm_role(r) == AP_RSM_LEADER ? 1 : 0);
+    uint64_t snaps = ap_rsm_fsm_snapshots_taken(r->fsm);
+    if (snaps > r->snapshots_seen) {
+        ap_metric_add(r->m_snapshots, (double)(snaps - r->snapshots_seen));
+        r->snapshots_seen = snaps;
+    }
+}
+
+static void fail_result(struct ap_rsm_result *res, int status, const char *msg)
+{
+    memset(res, 0, sizeof *res);
+    res->status = status;
+    ap_errmsg_set(res->message, "%s", msg);
+}
+
+static void complete_proposal(struct proposal *p, struct ap_rsm_result *res)
+{
+    p->cb(p->data, res);
+    ap_free(p->cmd);
+    ap_free(p);
+}
+
+static int status_from_raft(int status)
+{
+    int e = ap_err_from_raft(status);
+    return e == 0 ? AP_EINTERNAL : e;
+}
+
+static void apply_done(struct raft_apply *req, int status, void *result)
+{
+    struct apply_req *a = req->data;
+    struct ap_rsm *r = a->rsm;
+    struct ap_rsm_batch *batch = result;
+    uint64_t t = now_ns();
+    struct proposal *p = a->props;
+    for (size_t i = 0; p != NULL; i++) {
+        struct proposal *next = p->next;
+        struct ap_rsm_result res;
+        if (status != 0) {
+            fail_result(&res, status_from_raft(status), raft_strerror(status));
+            complete_proposal(p, &res);
+        } else if (batch == NULL || i >= batch->n) {
+            fail_result(&res, AP_EINTERNAL, "entry applied without a result");
+            complete_proposal(p, &res);
+        } else {
+            ap_metric_observe(r->m_latency, (double)(t - p->start_ns) / 1e9);
+            complete_proposal(p, &batch->results[i]);
+        }
+        p = next;
+    }
+    ap_free(a);
+}
+
+/* Put every queued command into one entry (up to AP_RSM_MAX_BATCH each). */
+static void flush_queue(struct ap_rsm *r)
+{
+    while (r->queue_head != NULL) {
+        const uint8_t *cmds[AP_RSM_MAX_BATCH];
+        size_t lens[AP_RSM_MAX_BATCH];
+        size_t n = 0;
+        struct proposal *first = r->queue_head, *last = NULL;
+        for (struct proposal *p = first; p != NULL && n < AP_RSM_MAX_BATCH; p = p->next) {
+            cmds[n] = p->cmd;
+            lens[n] = p->len;
+            n++;
+            last = p;
+        }
+        r->queue_head = last->next;
+        if (r->queue_head == NULL) {
+            r->queue_tail = NULL;
+        }
+        r->queue_len -= n;
+        last->next = NULL;
+
+        struct apply_req *a = ap_calloc(1, sizeof *a);
+        struct raft_buffer buf = {NULL, 0};
+        int rv = a == NULL ? AP_ENOMEM : ap_rsm_entry_encode(cmds, lens, n, NULL, 0, &buf);
+        if (rv == 0) {
+            a->rsm = r;
+            a->props = first;
+            a->n = n;
+            a->req.data = a;
+            int rrv = raft_apply(&r->raft, &a->req, &buf, 1, apply_done);
+            if (rrv != 0) {
+                raft_free(buf.base);
+                rv = status_from_raft(rrv);
+            } else {
+                ap_metric_inc(r->m_entries);
+            }
+        }
+        if (rv != 0) {
+            ap_free(a);
+            for (struct proposal *p = first; p != NULL;) {
+                struct proposal *next = p->next;
+                struct ap_rsm_result res;
+                fail_result(&res, rv, ap_strerror(rv));
+                complete_proposal(p, &res);
+                p = next;
+            }
+        }
+    }
+}
+
+static void barrier_done(struct raft_barrier *req, int status)
+{
+    struct barrier_req *b = req->data;
+    int st = status == 0 ? 0 : status_from_raft(status);
+    for (struct waiter *w = b->waiters; w != NULL;) {
+        struct waiter *next = w->next;
+        w->cb(w->data, st);
+        ap_free(w);
+        w = next;
+    }
+    ap_free(b);
+}
+
+static void flush_barriers(struct ap_rsm *r)
+{
+    if (r->barrier_waiters == NULL) {
+        return;
+    }
+    struct waiter *ws = r->barrier_waiters;
+    r->barrier_waiters = NULL;
+    struct barrier_req *b = ap_calloc(1, sizeof *b);
+    int rv = AP_ENOMEM;
+    if (b != NULL) {
+        b->rsm = r;
+        b->waiters = ws;
+        b->req.data = b;
+        int rrv = raft_barrier(&r->raft, &b->req, barrier_done);
+        if (rrv == 0) {
+            return;
+        }
+        rv = status_from_raft(rrv);
+        ap_free(b);
+    }
+    for (struct waiter *w = ws; w != NULL;) {
+        struct waiter *next = w->next;
+        w->cb(w->data, rv);
+        ap_free(w);
+        w = next;
+    }
+}
+
+static void on_flush_idle(uv_idle_t *h)
+{
+    struct ap_rsm *r = AP_CONTAINER_OF(h, struct ap_rsm, flush_idle);
+    uv_idle_stop(h);
+    flush_queue(r);
+    flush_barriers(r);
+}
+
+static void on_commit_check(uv_check_t *h)
+{
+    struct ap_rsm *r = AP_CONTAINER_OF(h, struct ap_rsm, commit_check);
+    /* docs/replication.md: entries applied in one loop iteration share one
+     * SQLite transaction; they are already durable in the raft log. */
+    ap_rsm_fsm_flush(r->fsm);
+    update_gauges(r);
+}
+
+int ap_rsm_propose(struct ap_rsm *r, const uint8_t *cmd, size_t len, ap_rsm_propose_cb cb,
+                   void *data)
+{
+    if (r->closing) {
+        return AP_ESHUTDOWN;
+    }
+    if (len == 0 || len > AP_RSM_MAX_COMMAND) {
+        return len == 0 ? AP_EINVAL : AP_ETOOBIG;
+    }
+    if (raft_state(&r->raft) != RAFT_LEADER) {
+        return AP_ENOTLEADER;
+    }
+    struct proposal *p = ap_calloc(1, sizeof *p);
+    uint8_t *copy = ap_malloc(len);
+    if (p == NULL || copy == NULL) {
+        ap_free(p);
+        ap_free(copy);
+        return AP_ENOMEM;
+    }
+    memcpy(copy, cmd, len);
+    p->cmd = copy;
+    p->len = len;
+    p->cb = cb;
+    p->data = data;
+    p->start_ns = now_ns();
+    if (r->queue_tail != NULL) {
+        r->queue_tail->next = p;
+    } else {
+        r->queue_head = p;
+    }
+    r->queue_tail = p;
+    r->queue_len++;
+    ap_metric_inc(r->m_proposals);
+    uv_idle_start(&r->flush_idle, on_flush_idle);
+    return 0;
+}
+
+int ap_rsm_barrier(struct ap_rsm *r, ap_rsm_barrier_cb cb, void *data)
+{
+    if (r->closing) {
+        return AP_ESHUTDOWN;
+    }
+    if (raft_state(&r->raft) != RAFT_LEADER) {
+        return AP_ENOTLEADER;
+    }
+    struct waiter *w = ap_calloc(1, sizeof *w);
+    if (w == NULL) {
+        return AP_ENOMEM;
+    }
+    w->cb = cb;
+    w->data = data;
+    w->next = r->barrier_waiters;
+    r->barrier_waiters = w;
+    uv_idle_start(&r->flush_idle, on_flush_idle);
+    return 0;
+}
+
+/* Look up the HTTP address of a member: replicated records first, then the initial peers. */
+static bool lookup_member(struct ap_rsm *r, uint64_t id, struct ap_rsm_member *out)
+{
+    struct ap_rsm_member *ms;
+    size_t n;
+    if (ap_rsm_fsm_members(r->fsm, &ms, &n) == 0) {
+        for (size_t i = 0; i < n; i++) {
+            if (ms[i].id == id) {
+                *out = ms[i];
+                ap_free(ms);
+                return true;
+            }
+        }
+        ap_free(ms);
+    }
+    for (size_t i = 0; i < r->n_peers; i++) {
+        if (r->peers[i].id == id) {
+            *out = r->peers[i];
+            return true;
+        }
+    }
+    if (id == r->id) {
+        out->id = r->id;
+        ap_strlcpy(out->raft, r->raft_addr, sizeof out->raft);
+        ap_strlcpy(out->http, r->http_addr, sizeof out->http);
+        return true;
+    }
+    return false;
+}
+
+int ap_rsm_leader(struct ap_rsm *r, struct ap_rsm_member *out)
+{
+    raft_id id = 0;
+    const char *addr = NULL;
+    raft_leader(&r->raft, &id, &addr);
+    if (id == 0) {
+        return AP_ENOTFOUND;
+    }
+    memset(out, 0, sizeof *out);
+    if (!lookup_member(r, id, out)) {
+        out->id = id;
+        ap_strlcpy(out->raft, addr != NULL ? addr : "", sizeof out->raft);
+    }
+    return 0;
+}
+
+int ap_rsm_members(struct ap_rsm *r, struct ap_rsm_member_info **out, size_t *n)
+{
+    const struct raft_configuration *c = &r->raft.configuration;
+    *out = NULL;
+    *n = 0;
+    if (c->n == 0) {
+        return 0;
+    }
+    struct ap_rsm_member_info *infos = ap_calloc(c->n, sizeof *infos);
+    if (infos == NULL) {
+        return AP_ENOMEM;
+    }
+    for (unsigned i = 0; i < c->n; i++) {
+        struct ap_rsm_member_info *mi = &infos[i];
+        if (!lookup_member(r, c->servers[i].id, &mi->m)) {
+            mi->m.id = c->servers[i].id;
+        }
+        ap_strlcpy(mi->m.raft, c->servers[i].address, sizeof mi->m.raft);
+        mi->role = c->servers[i].role == RAFT_VOTER     ? "voter"
+                   : c->servers[i].role == RAFT_STANDBY ? "standby"
+                                                        : "spare";
+    }
+    *out = infos;
+    *n = c->n;
+    return 0;
+}
+
+uint64_t ap_rsm_id(const struct ap_rsm *r)
+{
+    return r->id;
+}
+
+uint64_t ap_rsm_term(struct ap_rsm *r)
+{
+    return r->raft.current_term;
+}
+
+uint64_t ap_rsm_commit_index(struct ap_rsm *r)
+{
+    return r->raft.commit_index;
+}
+
+uint64_t ap_rsm_applied_index(struct ap_rsm *r)
+{
+    return ap_rsm_fsm_applied(r->fsm);
+}
+
+uint64_t ap_rsm_last_index(struct ap_rsm *r)
+{
+    return raft_last_index(&r->raft);
+}
+
+struct ap_store *ap_rsm_store(struct ap_rsm *r)
+{
+    return r->store;
+}
+
+/* ---- membership ---- */
+
+static void change_finish(struct change_req *c, int status, const char *msg)
+{
+    AP_LOG(status == 0 ? AP_LOG_INFO : AP_LOG_WARN,
+           "rsm_member_change id=%llu op=%s status=%s msg=\"%s\"", (unsigned long long)c->m.id,
+           c->remove ? "remove" : "add", ap_err_code(status), msg);
+    if (c->cb != NULL) {
+        c->cb(c->data, status, msg);
+    }
+    ap_free(c);
+}
+
+static void change_step(struct change_req *c, int status);
+
+static void change_raft_cb(struct raft_change *req, int status)
+{
+    struct change_req *c = req->data;
+    change_step(c, status == 0 ? 0 : status_from_raft(status));
+}
+
+/* The entry carrying a member record. */
+struct record_req {
+    struct raft_apply req;
+    struct change_req *change;
+};
+
+static void record_applied(struct raft_apply *req, int status, void *result)
+{
+    struct record_req *rr = req->data;
+    struct change_req *c = rr->change;
+    AP_UNUSED(result);
+    ap_free(rr);
+    change_step(c, status == 0 ? 0 : status_from_raft(status));
+}
+
+/* Propose the member's addresses (or their removal) as an entry of its own;
+ * the next step runs once it is applied, so redirects know the new node. */
+static int propose_member_record(struct change_req *c)
+{
+    struct ap_rsm *r = c->rsm;
+    struct ap_rsm_member rec = c->m;
+    struct raft_buffer buf = {NULL, 0};
+    if (c->remove) {
+        rec.http[0] = '\0';
+    }
+    struct record_req *rr = ap_calloc(1, sizeof *rr);
+    if (rr == NULL) {
+        return AP_ENOMEM;
+    }
+    int rv = ap_rsm_entry_encode(NULL, NULL, 0, &rec, 1, &buf);
+    if (rv != 0) {
+        ap_free(rr);
+        return rv;
+    }
+    rr->change = c;
+    rr->req.data = rr;
+    int rrv = raft_apply(&r->raft, &rr->req, &buf, 1, record_applied);
+    if (rrv != 0) {
+        raft_free(buf.base);
+        ap_free(rr);
+        return status_from_raft(rrv);
+    }
+    return 0;
+}
+
+static void change_step(struct change_req *c, int status)
+{
+    struct ap_rsm *r = c->rsm;
+    if (status != 0) {
+        change_finish(c, status, ap_strerror(status));
+        return;
+    }
+    int rv = 0;
+    c->step++;
+    c->req.data = c;
+    if (!c->remove) {
+        switch (c->step) {
+        case 1: /* record addresses, then wait until applied */
+            rv = propose_member_record(c);
+            break;
+        case 2:
+            rv = ap_err_from_raft(raft_add(&r->raft, &c->req, c->m.id, c->m.raft, change_raft_cb));
+            break;
+        case 3:
+            /* raft promotes after the new member caught up (catch-up rounds). */
+            rv = ap_err_from_raft(
+                raft_assign(&r->raft, &c->req, c->m.id, RAFT_VOTER, change_raft_cb));
+            break;
+        default:
+            change_finish(c, 0, "member added");
+            return;
+        }
+    } else {
+        switch (c->step) {
+        case 1:
+            rv = ap_err_from_raft(raft_remove(&r->raft, &c->req, c->m.id, change_raft_cb));
+            break;
+        case 2:
+            rv = propose_member_record(c);
+            break;
+        default:
+            change_finish(c, 0, "member removed");
+            return;
+        }
+    }
+    if (rv != 0) {
+        change_finish(c, rv, r->raft.errmsg[0] != '\0' ? r->raft.errmsg : ap_strerror(rv));
+    }
+}
+
+int ap_rsm_add_member(struct ap_rsm *r, const struct ap_rsm_member *m, ap_rsm_change_cb cb,
+                      void *data)
+{
+    if (raft_state(&r->raft) != RAFT_LEADER) {
+        return AP_ENOTLEADER;
+    }
+    if (m->id == 0 || m->raft[0] == '\0' || m->http[0] == '\0') {
+        return AP_EINVAL;
+    }
+    const struct raft_configuration *conf = &r->raft.configuration;
+    for (unsigned i = 0; i < conf->n; i++) {
+        if (conf->servers[i].id == m->id) {
+            return AP_EEXIST;
+        }
+    }
+    struct change_req *c = ap_calloc(1, sizeof *c);
+    if (c == NULL) {
+        return AP_ENOMEM;
+    }
+    c->rsm = r;
+    c->m = *m;
+    c->cb = cb;
+    c->data = data;
+    change_step(c, 0);
+    return 0;
+}
+
+int ap_rsm_remove_member(struct ap_rsm *r, uint64_t id, ap_rsm_change_cb cb, void *data)
+{
+    if (raft_state(&r->raft) != RAFT_LEADER) {
+        return AP_ENOTLEADER;
+    }
+    bool found = false;
+    const struct raft_configuration *conf = &r->raft.configuration;
+    for (unsigned i = 0; i < conf->n; i++) {
+        found = found || conf->servers[i].id == id;
+    }
+    if (!found) {
+        return AP_ENOTFOUND;
+    }
+    struct change_req *c = ap_calloc(1, sizeof *c);
+    if (c == NULL) {
+        return AP_ENOMEM;
+    }
+    c->rsm = r;
+    c->m.id = id;
+    c->remove = true;
+    c->cb = cb;
+    c->data = data;
+    change_step(c, 0);
+    return 0;
+}
+
+/* ---- life cycle ---- */
+
+static int mkdir_p(const char *path)
+{
+    char tmp[512];
+    if (ap_strlcpy(tmp, path, sizeof tmp) >= sizeof tmp) {
+        return AP_EINVAL;
+    }
+    for (char *p = tmp + 1; *p != '\0'; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(tmp, 0755) != 0 && errno != EEXIST) {
+                return AP_EIO;
+            }
+            *p = '/';
+        }
+    }
+    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) {
+        return AP_EIO;
+    }
+    return 0;
+}
+
+static void register_metrics(struct ap_rsm *r, struct ap_metrics *m, const char *labels)
+{
+    if (m == NULL) {
+        return;
+    }
+    r->m_proposals = ap_metrics_counter(m, "archipel_raft_proposals_total",
+                                        "Commands proposed on this node while leader.", labels);
+    r->m_entries =
+        ap_metrics_counter(m, "archipel_raft_entries_total",
+                           "Raft entries appended by this node (batches of commands).", labels);
+    r->m_latency = ap_metrics_histogram(m, "archipel_raft_apply_latency_seconds",
+                                        "Time from proposal to applied result.", labels,
+                                        AP_METRICS_LATENCY_BOUNDS, AP_METRICS_LATENCY_BOUNDS_LEN);
+    r->m_term = ap_metrics_gauge(m, "archipel_raft_term", "Current raft term.", labels);
+    r->m_commit = ap_metrics_gauge(m, "archipel_raft_commit_index", "Raft commit index.", labels);
+    r->m_applied = ap_metrics_gauge(m, "archipel_raft_applied_index",
+                                    "Index of the last entry applied to the catalog.", labels);
+    r->m_snapshots = ap_metrics_counter(m, "archipel_raft_snapshots_total",
+                                        "Snapshots taken by this node.", labels);
+    r->m_is_leader =
+        ap_metrics_gauge(m, "archipel_raft_is_leader", "1 when this node leads.", labels);
+}
+
+int ap_rsm_new(struct ap_rsm **out, uv_loop_t *loop, const struct ap_rsm_config *cfg, char *errmsg)
+{
+    char path[600];
+    int rv;
+    if (cfg->id == 0 || cfg->dir == NULL || cfg->raft_addr == NULL || cfg->http_addr == NULL ||
+        cfg->n_peers > MAX_PEERS || cfg->apply == NULL) {
+        ap_errmsg_set(errmsg, "replicated state machine: invalid configuration");
+        return AP_EINVAL;
+    }
+    struct ap_rsm *r = ap_calloc(1, sizeof *r);
+    if (r == NULL) {
+        ap_errmsg_set(errmsg, "replicated state machine: out of memory");
+        return AP_ENOMEM;
+    }
+    r->loop = loop;
+    r->id = cfg->id;
+    ap_strlcpy(r->dir, cfg->dir, sizeof r->dir);
+    ap_strlcpy(r->raft_addr, cfg->raft_addr, sizeof r->raft_addr);
+    ap_strlcpy(r->http_addr, cfg->http_addr, sizeof r->http_addr);
+    for (size_t i = 0; i < cfg->n_peers; i++) {
+        r->peers[i] = cfg->peers[i];
+    }
+    r->n_peers = cfg->n_peers;
+    r->join = cfg->join;
+    r->election_ms = cfg->election_timeout_ms != 0 ? cfg->election_timeout_ms : 1000;
+    r->heartbeat_ms = cfg->heartbeat_timeout_ms != 0 ? cfg->heartbeat_timeout_ms : 100;
+    r->threshold =
+        cfg->snapshot_threshold != 0 ? cfg->snapshot_threshold : AP_RSM_SNAPSHOT_THRESHOLD;
+    r->trailing = cfg->snapshot_trailing != 0 ? cfg->snapshot_trailing : AP_RSM_SNAPSHOT_TRAILING;
+
+    snprintf(path, sizeof path, "%s/raft", r->dir);
+    if (mkdir_p(path) != 0) {
+        ap_errmsg_set(errmsg, "create data directory %s: %s", path, strerror(errno));
+        rv = AP_EIO;
+        goto err_after_alloc;
+    }
+    snprintf(path, sizeof path, "%s/state.db", r->dir);
+    /* docs/store.md: the raft log is the durable copy; the state store may lag. */
+    rv = ap_store_open(path, AP_STORE_SYNC_NORMAL, &r->store, errmsg);
+    if (rv != 0) {
+        goto err_after_alloc;
+    }
+    rv = ap_store_migrate(r->store, cfg->migrations, cfg->n_migrations);
+    if (rv != 0) {
+        ap_errmsg_set(errmsg, "migrate %s: %s", path, ap_store_errmsg(r->store));
+        goto err_after_store;
+    }
+    rv = ap_rsm_fsm_new(&r->fsm, r->store, cfg->apply, cfg->apply_data, errmsg);
+    if (rv != 0) {
+        goto err_after_store;
+    }
+    ap_rsm_fsm_set_autocommit(r->fsm, false);
+    register_metrics(r, cfg->metrics, cfg->metric_labels);
+    *out = r;
+    return 0;
+
+err_after_store:
+    ap_store_close(r->store);
+err_after_alloc:
+    ap_free(r);
+    return rv;
+}
+
+int ap_rsm_start(struct ap_rsm *r, char *errmsg)
+{
+    char path[600];
+    int rv;
+    snprintf(path, sizeof path, "%s/raft", r->dir);
+    rv = ap_raft_transport_init(&r->transport, r->loop);
+    if (rv != 0) {
+        ap_errmsg_set(errmsg, "raft transport: %s", ap_strerror(rv));
+        return rv;
+    }
+    rv = raft_uv_init(&r->io, r->loop, path, &r->transport.iface);
+    if (rv != 0) {
+        ap_errmsg_set(errmsg, "raft io %s: %s", path, r->io.errmsg);
+        ap_raft_transport_close(&r->transport);
+        return ap_err_from_raft(rv);
+    }
+    raft_uv_set_snapshot_compression(&r->io, false);
+    raft_uv_set_connect_retry_delay(&r->io, 200);
+    rv = raft_init(&r->raft, &r->io, ap_rsm_fsm_raft(r->fsm), r->id, r->raft_addr);
+    if (rv != 0) {
+        /* RAFT-NOTES pitfall 8: the reason is in raft_errmsg(). */
+        ap_errmsg_set(errmsg, "raft init: %s", raft_errmsg(&r->raft));
+        raft_uv_close(&r->io);
+        ap_raft_transport_close(&r->transport);
+        return ap_err_from_raft(rv);
+    }
+    r->raft_inited = true;
+    r->raft.data = r;
+    ap_rsm_fsm_attach(r->fsm, &r->raft);
+    raft_set_election_timeout(&r->raft, r->election_ms);
+    raft_set_heartbeat_timeout(&r->raft, r->heartbeat_ms);
+    raft_set_snapshot_threshold(&r->raft, r->threshold);
+    raft_set_snapshot_trailing(&r->raft, r->trailing);
+    raft_set_pre_vote(&r->raft, true);
+
+    if (!r->join && r->n_peers > 0) {
+        struct raft_configuration conf;
+        raft_configuration_init(&conf);
+        for (size_t i = 0; i < r->n_peers; i++) {
+            rv = raft_configuration_add(&conf, r->peers[i].id, r->peers[i].raft, RAFT_VOTER);
+            if (rv != 0) {
+                raft_configuration_close(&conf);
+                ap_errmsg_set(errmsg, "raft configuration: %s", raft_strerror(rv));
+                return ap_err_from_raft(rv);
+            }
+        }
+        rv = raft_bootstrap(&r->raft, &conf);
+        raft_configuration_close(&conf);
+        if (rv != 0 && rv != RAFT_CANTBOOTSTRAP) {
+            ap_errmsg_set(errmsg, "raft bootstrap: %s", raft_errmsg(&r->raft));
+            return ap_err_from_raft(rv);
+        }
+        AP_LOG(AP_LOG_INFO, "rsm_bootstrap id=%llu peers=%zu fresh=%s", (unsigned long long)r->id,
+               r->n_peers, rv == 0 ? "true" : "false");
+    }
+    uv_idle_init(r->loop, &r->flush_idle);
+    uv_check_init(r->loop, &r->commit_check);
+    uv_check_start(&r->commit_check, on_commit_check);
+    r->handles_open = 2;
+    rv = raft_start(&r->raft);
+    if (rv != 0) {
+        ap_errmsg_set(errmsg, "raft start: %s", raft_errmsg(&r->raft));
+        return ap_err_from_raft(rv);
+    }
+    r->started = true;
+    AP_LOG(AP_LOG_INFO, "rsm_started id=%llu raft=%s applied=%llu last_index=%llu",
+           (unsigned long long)r->id, r->raft_addr, (unsigned long long)ap_rsm_fsm_applied(r->fsm),
+           (unsigned long long)raft_last_index(&r->raft));
+    return 0;
+}
+
+static void finish_close(struct ap_rsm *r)
+{
+    void (*cb)(void *) = r->close_cb;
+    void *data = r->close_data;
+    if (r->raft_inited) {
+        raft_uv_close(&r->io);
+        ap_raft_transport_close(&r->transport);
+    }
+    ap_rsm_fsm_free(r->fsm);
+    ap_store_close(r->store);
+    ap_free(r);
+    if (cb != NULL) {
+        cb(data);
+    }
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    struct ap_rsm *r = h->data;
+    if (--r->handles_open == 0) {
+        finish_close(r);
+    }
+}
+
+static void raft_closed(struct raft *raft)
+{
+    struct ap_rsm *r = raft->data;
+    if (r->handles_open == 0) {
+        finish_close(r);
+        return;
+    }
+    r->flush_idle.data = r;
+    r->commit_check.data = r;
+    uv_close((uv_handle_t *)&r->flush_idle, handle_closed);
+    uv_close((uv_handle_t *)&r->commit_check, handle_closed);
+}
+
+void ap_rsm_close(struct ap_rsm *r, void (*cb)(void *data), void *data)
+{
+    AP_ASSERT(!r->closing);
+    r->closing = true;
+    r->close_cb = cb;
+    r->close_data = data;
+    /* Commands never handed to raft complete now. */
+    while (r->queue_head != NULL) {
+        struct proposal *p = r->queue_head;
+        r->queue_head = p->next;
+        struct ap_rsm_result res;
+        fail_result(&res, AP_ESHUTDOWN, "node is shutting down");
+        complete_proposal(p, &res);
+    }
+    r->queue_tail = NULL;
+    while (r->barrier_waiters != NULL) {
+        struct waiter *w = r->barrier_waiters;
+        r->barrier_waiters = w->next;
+        w->cb(w->data, AP_ESHUTDOWN);
+        ap_free(w);
+    }
+    if (r->raft_inited) {
+        raft_close(&r->raft, raft_closed);
+    } else {
+        finish_close(r);
+    }
+}

@@ -1,0 +1,526 @@
+/* rsm_fsm: the state-machine half of a replicated SQLite store (a raft_fsm over an ap_store). */
+#include "ap/rsm_fsm.h"
+
+#include "ap/base.h"
+#include "ap/log.h"
+#include "ap/store.h"
+
+#include <msgpack.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Snapshot image: 8-byte magic+version, 8-byte applied index (big-endian),
+ * then the SQLite database file. The index lets restore() skip an image
+ * older than what the store already holds (docs/replication.md). */
+#define SNAP_MAGIC  "APSNAP01"
+#define SNAP_HEADER 16
+#define MAX_MEMBERS 16
+
+struct ap_rsm_fsm {
+    struct raft_fsm raft_fsm;
+    struct ap_store *st;
+    struct raft *raft;
+    ap_rsm_apply_fn apply;
+    void *data;
+    bool autocommit;
+    bool in_txn;
+    uint64_t applied;
+    uint64_t snapshots_taken;
+    uint64_t snapshots_restored;
+    struct ap_rsm_batch *last; /* Results of the last applied entry. */
+    char errmsg[AP_ERRMSG_SIZE];
+};
+
+static const char *schema_sql =
+    "CREATE TABLE IF NOT EXISTS ap_rsm_meta(k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
+    "INSERT OR IGNORE INTO ap_rsm_meta(k, v) VALUES('applied_index', 0);"
+    "CREATE TABLE IF NOT EXISTS ap_rsm_members(id INTEGER PRIMARY KEY, raft TEXT NOT NULL,"
+    " http TEXT NOT NULL);";
+
+static void batch_free(struct ap_rsm_batch *b)
+{
+    if (b == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        json_decref(b->results[i].value);
+    }
+    ap_free(b);
+}
+
+static int read_applied(struct ap_rsm_fsm *f)
+{
+    sqlite3_stmt *stmt;
+    sqlite3 *db = ap_store_db(f->st);
+    int rc = sqlite3_prepare_v2(db, "SELECT v FROM ap_rsm_meta WHERE k='applied_index'", -1, &stmt,
+                                NULL);
+    if (rc != SQLITE_OK) {
+        ap_errmsg_set(f->errmsg, "read applied index: %s", sqlite3_errmsg(db));
+        return ap_err_from_sqlite(rc);
+    }
+    f->applied = 0;
+    if (sqlite3_step(stmt) == SQLITE_ROW) {
+        f->applied = (uint64_t)sqlite3_column_int64(stmt, 0);
+    }
+    sqlite3_finalize(stmt);
+    return 0;
+}
+
+static int write_applied(struct ap_rsm_fsm *f, uint64_t index)
+{
+    sqlite3_stmt *stmt;
+    sqlite3 *db = ap_store_db(f->st);
+    int rc = sqlite3_prepare_v2(db, "UPDATE ap_rsm_meta SET v=? WHERE k='applied_index'", -1, &stmt,
+                                NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(stmt, 1, (sqlite3_int64)index);
+        rc = sqlite3_step(stmt);
+        sqlite3_finalize(stmt);
+    }
+    if (rc != SQLITE_OK && rc != SQLITE_DONE) {
+        ap_errmsg_set(f->errmsg, "record applied index: %s", sqlite3_errmsg(db));
+        return ap_err_from_sqlite(rc);
+    }
+    return 0;
+}
+
+int ap_rsm_fsm_flush(struct ap_rsm_fsm *f)
+{
+    if (!f->in_txn) {
+        return 0;
+    }
+    f->in_txn = false;
+    int rv = ap_store_commit(f->st);
+    if (rv != 0) {
+        AP_LOG(AP_LOG_ERROR, "rsm_commit_failed err=\"%s\"", ap_store_errmsg(f->st));
+    }
+    return rv;
+}
+
+/* Apply one member record carried by an entry. */
+static int apply_member(struct ap_rsm_fsm *f, const msgpack_object *m)
+{
+    uint64_t id = 0;
+    char raft_addr[64] = "", http[64] = "";
+    if (m->type != MSGPACK_OBJECT_MAP) {
+        return AP_EPROTO;
+    }
+    for (uint32_t i = 0; i < m->via.map.size; i++) {
+        const msgpack_object *k = &m->via.map.ptr[i].key;
+        const msgpack_object *v = &m->via.map.ptr[i].val;
+        if (k->type != MSGPACK_OBJECT_STR) {
+            return AP_EPROTO;
+        }
+        if (k->via.str.size == 2 && memcmp(k->via.str.ptr, "id", 2) == 0 &&
+            v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+            id = v->via.u64;
+        } else if (v->type == MSGPACK_OBJECT_STR && v->via.str.size < 64) {
+            char *dst = NULL;
+            if (k->via.str.size == 4 && memcmp(k->via.str.ptr, "raft", 4) == 0) {
+                dst = raft_addr;
+            } else if (k->via.str.size == 4 && memcmp(k->via.str.ptr, "http", 4) == 0) {
+                dst = http;
+            }
+            if (dst != NULL) {
+                memcpy(dst, v->via.str.ptr, v->via.str.size);
+                dst[v->via.str.size] = '\0';
+            }
+        }
+    }
+    if (id == 0) {
+        return AP_EPROTO;
+    }
+    sqlite3 *db = ap_store_db(f->st);
+    sqlite3_stmt *stmt;
+    const char *sql = http[0] != '\0'
+                          ? "INSERT INTO ap_rsm_members(id, raft, http) VALUES(?1, ?2, ?3) "
+                            "ON CONFLICT(id) DO UPDATE SET raft=?2, http=?3"
+                          : "DELETE FROM ap_rsm_members WHERE id=?1";
+    int rc = sqlite3_prepare_v2(db, sql, -1, &stmt, NULL);
+    if (rc != SQLITE_OK) {
+        return ap_err_from_sqlite(rc);
+    }
+    sqlite3_bind_int64(stmt, 1, (sqlite3_int64)id);
+    if (http[0] != '\0') {
+        sqlite3_bind_text(stmt, 2, raft_addr, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(stmt, 3, http, -1, SQLITE_TRANSIENT);
+    }
+    rc = sqlite3_step(stmt);
+    sqlite3_finalize(stmt);
+    return rc == SQLITE_DONE ? 0 : ap_err_from_sqlite(rc);
+}
+
+static const msgpack_object *map_get(const msgpack_object *map, const char *key)
+{
+    size_t klen = strlen(key);
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
+            memcmp(k->via.str.ptr, key, klen) == 0) {
+            return &map->via.map.ptr[i].val;
+        }
+    }
+    return NULL;
+}
+
+/* Run every command of an entry, each in its own savepoint. */
+static int apply_entry(struct ap_rsm_fsm *f, uint64_t index, const msgpack_object *entry,
+                       struct ap_rsm_batch **out)
+{
+    const msgpack_object *cmds = map_get(entry, "c");
+    const msgpack_object *members = map_get(entry, "m");
+    size_t n = 0;
+    if (cmds != NULL) {
+        if (cmds->type != MSGPACK_OBJECT_ARRAY || cmds->via.array.size > AP_RSM_MAX_BATCH) {
+            return AP_EPROTO;
+        }
+        n = cmds->via.array.size;
+    }
+    if (members != NULL &&
+        (members->type != MSGPACK_OBJECT_ARRAY || members->via.array.size > MAX_MEMBERS)) {
+        return AP_EPROTO;
+    }
+    struct ap_rsm_batch *b = ap_calloc(1, sizeof *b + n * sizeof b->results[0]);
+    if (b == NULL) {
+        return AP_ENOMEM;
+    }
+    b->n = n;
+    for (size_t i = 0; i < n; i++) {
+        const msgpack_object *c = &cmds->via.array.ptr[i];
+        struct ap_rsm_result *res = &b->results[i];
+        if (c->type != MSGPACK_OBJECT_BIN) {
+            res->status = AP_EPROTO;
+            ap_errmsg_set(res->message, "command %zu is not a binary blob", i);
+            continue;
+        }
+        int rv = ap_store_savepoint(f->st, "cmd");
+        if (rv != 0) {
+            batch_free(b);
+            return rv;
+        }
+        f->apply(f->data, f->st, index, (const uint8_t *)c->via.bin.ptr, c->via.bin.size, res);
+        if (res->status != 0) {
+            json_decref(res->value);
+            res->value = NULL;
+            rv = ap_store_rollback_to(f->st, "cmd");
+        } else {
+            rv = ap_store_release(f->st, "cmd");
+        }
+        if (rv != 0) {
+            batch_free(b);
+            return rv;
+        }
+    }
+    if (members != NULL) {
+        for (uint32_t i = 0; i < members->via.array.size; i++) {
+            int rv = apply_member(f, &members->via.array.ptr[i]);
+            if (rv != 0 && rv != AP_EPROTO) {
+                batch_free(b);
+                return rv;
+            }
+        }
+    }
+    *out = b;
+    return 0;
+}
+
+static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **result)
+{
+    struct ap_rsm_fsm *f = rf->data;
+    /* RAFT-NOTES pitfall 4: apply is not told its index. */
+    uint64_t index = f->raft != NULL ? raft_last_applied(f->raft) + 1 : f->applied + 1;
+    batch_free(f->last);
+    f->last = NULL;
+    *result = NULL;
+
+    /* Pitfall 5: after a restart raft replays entries the store already
+     * holds; the stored applied index makes the replay a no-op. */
+    if (index <= f->applied) {
+        return 0;
+    }
+    if (!f->in_txn) {
+        int rv = ap_store_begin(f->st);
+        if (rv != 0) {
+            AP_LOG(AP_LOG_ERROR, "rsm_apply_failed index=%llu err=\"%s\"",
+                   (unsigned long long)index, ap_store_errmsg(f->st));
+            return RAFT_IOERR;
+        }
+        f->in_txn = true;
+    }
+
+    msgpack_unpacked up;
+    msgpack_unpacked_init(&up);
+    size_t off = 0;
+    struct ap_rsm_batch *b = NULL;
+    int rv = 0;
+    /* Entries are padded with zero bytes after the msgpack map. */
+    if (msgpack_unpack_next(&up, buf->base, buf->len, &off) != MSGPACK_UNPACK_SUCCESS ||
+        up.data.type != MSGPACK_OBJECT_MAP) {
+        AP_LOG(AP_LOG_ERROR, "rsm_entry_undecodable index=%llu len=%zu", (unsigned long long)index,
+               buf->len);
+    } else {
+        const msgpack_object *v = map_get(&up.data, "v");
+        if (v == NULL || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 == 0) {
+            AP_LOG(AP_LOG_ERROR, "rsm_entry_bad_version index=%llu", (unsigned long long)index);
+        } else {
+            rv = apply_entry(f, index, &up.data, &b);
+        }
+    }
+    msgpack_unpacked_destroy(&up);
+    if (rv == AP_EPROTO) {
+        /* A malformed entry is skipped identically on every replica. */
+        AP_LOG(AP_LOG_ERROR, "rsm_entry_malformed index=%llu", (unsigned long long)index);
+        rv = 0;
+    }
+    if (rv == 0) {
+        rv = write_applied(f, index);
+    }
+    if (rv != 0) {
+        batch_free(b);
+        AP_LOG(AP_LOG_ERROR, "rsm_apply_failed index=%llu err=\"%s\"", (unsigned long long)index,
+               ap_strerror(rv));
+        return RAFT_IOERR;
+    }
+    f->applied = index;
+    f->last = b;
+    *result = b;
+    if (f->autocommit && ap_rsm_fsm_flush(f) != 0) {
+        return RAFT_IOERR;
+    }
+    return 0;
+}
+
+static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    struct ap_rsm_fsm *f = rf->data;
+    uint8_t *img = NULL;
+    size_t len = 0;
+    /* The image must hold exactly the applied entries: commit them first. */
+    if (ap_rsm_fsm_flush(f) != 0) {
+        return RAFT_IOERR;
+    }
+    int rv = ap_store_serialize(f->st, &img, &len);
+    if (rv != 0) {
+        AP_LOG(AP_LOG_ERROR, "rsm_snapshot_failed err=\"%s\"", ap_store_errmsg(f->st));
+        return rv == AP_ENOMEM ? RAFT_NOMEM : RAFT_IOERR;
+    }
+    /* raft frees both the array and the buffer with raft_free (fsm version 1). */
+    struct raft_buffer *b = raft_malloc(sizeof *b);
+    size_t total = (SNAP_HEADER + len + 7) / 8 * 8;
+    uint8_t *data = raft_calloc(1, total);
+    if (b == NULL || data == NULL) {
+        raft_free(b);
+        raft_free(data);
+        ap_free(img);
+        return RAFT_NOMEM;
+    }
+    memcpy(data, SNAP_MAGIC, 8);
+    for (int i = 0; i < 8; i++) {
+        data[8 + i] = (uint8_t)(f->applied >> (56 - 8 * i));
+    }
+    memcpy(data + SNAP_HEADER, img, len);
+    ap_free(img);
+    b->base = data;
+    b->len = SNAP_HEADER + len;
+    *bufs = b;
+    *n_bufs = 1;
+    f->snapshots_taken++;
+    AP_LOG(AP_LOG_INFO, "rsm_snapshot_taken applied=%llu bytes=%zu", (unsigned long long)f->applied,
+           len);
+    return 0;
+}
+
+static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf)
+{
+    struct ap_rsm_fsm *f = rf->data;
+    const uint8_t *p = buf->base;
+    if (buf->len < SNAP_HEADER || memcmp(p, SNAP_MAGIC, 8) != 0) {
+        AP_LOG(AP_LOG_ERROR, "rsm_restore_failed reason=\"bad snapshot header\" len=%zu", buf->len);
+        return RAFT_CORRUPT;
+    }
+    uint64_t index = 0;
+    for (int i = 0; i < 8; i++) {
+        index = (index << 8) | p[8 + i];
+    }
+    if (ap_rsm_fsm_flush(f) != 0) {
+        return RAFT_IOERR;
+    }
+    /* docs/replication.md: a store already at or past the image (a restart)
+     * keeps its own content; raft then replays only what the store lacks. */
+    if (index > f->applied) {
+        int rv = ap_store_restore(f->st, p + SNAP_HEADER, buf->len - SNAP_HEADER);
+        if (rv != 0) {
+            AP_LOG(AP_LOG_ERROR, "rsm_restore_failed err=\"%s\"", ap_store_errmsg(f->st));
+            return rv == AP_ECORRUPT ? RAFT_CORRUPT : RAFT_IOERR;
+        }
+        if (read_applied(f) != 0) {
+            return RAFT_IOERR;
+        }
+        f->snapshots_restored++;
+        AP_LOG(AP_LOG_INFO, "rsm_snapshot_restored applied=%llu", (unsigned long long)f->applied);
+    }
+    raft_free(buf->base);
+    return 0;
+}
+
+int ap_rsm_fsm_new(struct ap_rsm_fsm **out, struct ap_store *st, ap_rsm_apply_fn apply, void *data,
+                   char *errmsg)
+{
+    struct ap_rsm_fsm *f = ap_calloc(1, sizeof *f);
+    if (f == NULL) {
+        ap_errmsg_set(errmsg, "create state machine: out of memory");
+        return AP_ENOMEM;
+    }
+    f->st = st;
+    f->apply = apply;
+    f->data = data;
+    f->autocommit = true;
+    int rv = ap_store_exec(st, schema_sql);
+    if (rv == 0) {
+        rv = read_applied(f);
+    } else {
+        ap_errmsg_set(f->errmsg, "%s", ap_store_errmsg(st));
+    }
+    if (rv != 0) {
+        ap_errmsg_set(errmsg, "create state machine: %s", f->errmsg);
+        ap_free(f);
+        return rv;
+    }
+    f->raft_fsm.version = 1;
+    f->raft_fsm.data = f;
+    f->raft_fsm.apply = fsm_apply;
+    f->raft_fsm.snapshot = fsm_snapshot;
+    f->raft_fsm.restore = fsm_restore;
+    *out = f;
+    return 0;
+}
+
+void ap_rsm_fsm_free(struct ap_rsm_fsm *f)
+{
+    if (f == NULL) {
+        return;
+    }
+    ap_rsm_fsm_flush(f);
+    batch_free(f->last);
+    ap_free(f);
+}
+
+struct raft_fsm *ap_rsm_fsm_raft(struct ap_rsm_fsm *f)
+{
+    return &f->raft_fsm;
+}
+
+void ap_rsm_fsm_attach(struct ap_rsm_fsm *f, struct raft *r)
+{
+    f->raft = r;
+}
+
+void ap_rsm_fsm_set_autocommit(struct ap_rsm_fsm *f, bool on)
+{
+    f->autocommit = on;
+    if (on) {
+        ap_rsm_fsm_flush(f);
+    }
+}
+
+uint64_t ap_rsm_fsm_applied(const struct ap_rsm_fsm *f)
+{
+    return f->applied;
+}
+
+uint64_t ap_rsm_fsm_snapshots_taken(const struct ap_rsm_fsm *f)
+{
+    return f->snapshots_taken;
+}
+
+uint64_t ap_rsm_fsm_snapshots_restored(const struct ap_rsm_fsm *f)
+{
+    return f->snapshots_restored;
+}
+
+static void pack_str(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+int ap_rsm_entry_encode(const uint8_t *const *cmds, const size_t *lens, size_t n_cmds,
+                        const struct ap_rsm_member *members, size_t n_members,
+                        struct raft_buffer *out)
+{
+    if (n_cmds > AP_RSM_MAX_BATCH || n_members > MAX_MEMBERS) {
+        return AP_EINVAL;
+    }
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, n_members > 0 ? 3 : 2);
+    pack_str(&pk, "v");
+    msgpack_pack_uint32(&pk, AP_RSM_ENTRY_VERSION);
+    pack_str(&pk, "c");
+    msgpack_pack_array(&pk, n_cmds);
+    for (size_t i = 0; i < n_cmds; i++) {
+        msgpack_pack_bin(&pk, lens[i]);
+        msgpack_pack_bin_body(&pk, cmds[i], lens[i]);
+    }
+    if (n_members > 0) {
+        pack_str(&pk, "m");
+        msgpack_pack_array(&pk, n_members);
+        for (size_t i = 0; i < n_members; i++) {
+            msgpack_pack_map(&pk, 3);
+            pack_str(&pk, "id");
+            msgpack_pack_uint64(&pk, members[i].id);
+            pack_str(&pk, "raft");
+            pack_str(&pk, members[i].raft);
+            pack_str(&pk, "http");
+            pack_str(&pk, members[i].http);
+        }
+    }
+    if (sb.data == NULL) {
+        msgpack_sbuffer_destroy(&sb);
+        return AP_ENOMEM;
+    }
+    /* RAFT-NOTES pitfall 1: entries must be a multiple of 8 bytes. */
+    size_t padded = (sb.size + 7) / 8 * 8;
+    out->base = raft_calloc(1, padded);
+    if (out->base == NULL) {
+        msgpack_sbuffer_destroy(&sb);
+        return AP_ENOMEM;
+    }
+    memcpy(out->base, sb.data, sb.size);
+    out->len = padded;
+    msgpack_sbuffer_destroy(&sb);
+    return 0;
+}
+
+int ap_rsm_fsm_members(struct ap_rsm_fsm *f, struct ap_rsm_member **out, size_t *n)
+{
+    sqlite3 *db = ap_store_db(f->st);
+    sqlite3_stmt *stmt;
+    *out = NULL;
+    *n = 0;
+    int rc = sqlite3_prepare_v2(db, "SELECT id, raft, http FROM ap_rsm_members ORDER BY id", -1,
+                                &stmt, NULL);
+    if (rc != SQLITE_OK) {
+        return ap_err_from_sqlite(rc);
+    }
+    struct ap_rsm_member *m = ap_calloc(MAX_MEMBERS, sizeof *m);
+    if (m == NULL) {
+        sqlite3_finalize(stmt);
+        return AP_ENOMEM;
+    }
+    size_t count = 0;
+    while (count < MAX_MEMBERS && sqlite3_step(stmt) == SQLITE_ROW) {
+        m[count].id = (uint64_t)sqlite3_column_int64(stmt, 0);
+        ap_strlcpy(m[count].raft, (const char *)sqlite3_column_text(stmt, 1), sizeof m[count].raft);
+        ap_strlcpy(m[count].http, (const char *)sqlite3_column_text(stmt, 2), sizeof m[count].http);
+        count++;
+    }
+    sqlite3_finalize(stmt);
+    *out = m;
+    *n = count;
+    return 0;
+}
