@@ -1,0 +1,119 @@
+/* node: one archipel-regional process: raft group member, HTTP API, metrics. */
+#include "node_internal.h"
+
+#include "ap/base.h"
+#include "ap/err.h"
+#include "ap/log.h"
+#include "catalog.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int regional_node_start(struct regional_node **out, uv_loop_t *loop,
+                        const struct regional_config *cfg, char *errmsg)
+{
+    char labels[96];
+    int rv;
+    struct regional_node *n = ap_calloc(1, sizeof *n);
+    if (n == NULL) {
+        ap_errmsg_set(errmsg, "out of memory");
+        return AP_ENOMEM;
+    }
+    n->loop = loop;
+    n->cfg = *cfg;
+    if (n->cfg.forward_timeout_ms == 0) {
+        n->cfg.forward_timeout_ms = 10000;
+    }
+    snprintf(n->http_addr, sizeof n->http_addr, "%s:%u", cfg->ip, cfg->http_port);
+    snprintf(n->raft_addr, sizeof n->raft_addr, "%s:%u", cfg->ip, cfg->raft_port);
+
+    rv = ap_metrics_new(&n->metrics);
+    if (rv != 0) {
+        ap_errmsg_set(errmsg, "metrics: %s", ap_strerror(rv));
+        goto err_after_alloc;
+    }
+    labels[0] = '\0';
+    ap_metrics_label_append(labels, sizeof labels, "region", cfg->region);
+    n->m_forwarded = ap_metrics_counter(n->metrics, "archipel_http_forwarded_total",
+                                        "Requests a follower forwarded to its leader.", labels);
+
+    struct ap_rsm_config rc = {
+        .id = cfg->id,
+        .dir = cfg->dir,
+        .raft_addr = n->raft_addr,
+        .http_addr = n->http_addr,
+        .peers = cfg->peers,
+        .n_peers = cfg->n_peers,
+        .join = cfg->join,
+        .election_timeout_ms = cfg->election_timeout_ms,
+        .snapshot_threshold = cfg->snapshot_threshold,
+        .migrations = catalog__migrations,
+        .n_migrations = catalog__n_migrations,
+        .apply = catalog__apply,
+        .apply_data = n,
+        .metrics = n->metrics,
+        .metric_labels = labels,
+    };
+    rv = ap_rsm_new(&n->rsm, loop, &rc, errmsg);
+    if (rv != 0) {
+        goto err_after_metrics;
+    }
+    rv = ap_http_server_new(&n->http, loop, cfg->ip, cfg->http_port, 0, errmsg);
+    if (rv != 0) {
+        ap_errmsg_wrap(errmsg, "http %s", n->http_addr);
+        goto err_after_rsm;
+    }
+    rv = api__register(n);
+    if (rv != 0) {
+        ap_errmsg_set(errmsg, "routes: %s", ap_http_server_errmsg(n->http));
+        goto err_after_rsm;
+    }
+    rv = ap_rsm_start(n->rsm, errmsg);
+    if (rv != 0) {
+        goto err_after_rsm;
+    }
+    AP_LOG(AP_LOG_INFO, "regional_started region=%s node=%llu http=%s raft=%s dir=%s", cfg->region,
+           (unsigned long long)cfg->id, n->http_addr, n->raft_addr, cfg->dir);
+    *out = n;
+    return 0;
+
+err_after_rsm:
+    /* Closing needs the loop; the caller exits on a start failure, so the
+     * process tear-down releases what is left. */
+    return rv;
+err_after_metrics:
+    ap_metrics_free(n->metrics);
+err_after_alloc:
+    ap_free(n);
+    return rv;
+}
+
+static void rsm_closed(void *data)
+{
+    struct regional_node *n = data;
+    void (*cb)(void *) = n->stop_cb;
+    void *cb_data = n->stop_data;
+    ap_metrics_free(n->metrics);
+    ap_free(n);
+    if (cb != NULL) {
+        cb(cb_data);
+    }
+}
+
+static void http_closed(void *data)
+{
+    struct regional_node *n = data;
+    ap_rsm_close(n->rsm, rsm_closed, n);
+}
+
+void regional_node_stop(struct regional_node *n, void (*cb)(void *data), void *data)
+{
+    AP_ASSERT(!n->stopping);
+    n->stopping = true;
+    n->stop_cb = cb;
+    n->stop_data = data;
+    AP_LOG(AP_LOG_INFO, "regional_stopping region=%s node=%llu", n->cfg.region,
+           (unsigned long long)n->cfg.id);
+    /* HTTP first: pending requests get their answers while raft still runs. */
+    ap_http_server_close(n->http, http_closed, n);
+}
