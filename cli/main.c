@@ -1,56 +1,45 @@
-/* archipel: entry point; parses flags and runs the daemon. */
+/* archipel: the command-line tool; dispatches to its subcommands. */
 #include "ap/log.h"
+#include "dev.h"
 
-#include <getopt.h>
 #include <stdio.h>
-#include <stdlib.h>
+#include <string.h>
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: archipel [options]\n"
+    fprintf(out, "usage: archipel <command> [options]\n"
                  "\n"
-                 "The archipel command-line tool.\n"
+                 "commands:\n"
+                 "  dev        start a whole local topology (see 'archipel dev --help')\n"
                  "\n"
                  "options:\n"
-                 "  --log-level LEVEL  debug, info, warn, error or off (default: info, or $AP_LOG_LEVEL)\n"
-                 "  -h, --help         print this help and exit\n"
-                 "  -V, --version      print the version and exit\n");
+                 "  -h, --help     print this help and exit\n"
+                 "  -V, --version  print the version and exit\n");
 }
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"log-level", required_argument, NULL, 'l'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0},
-    };
-    enum ap_log_level level = ap_log_level_from_env(AP_LOG_INFO);
-    int c;
-    while ((c = getopt_long(argc, argv, "hV", opts, NULL)) != -1) {
-        switch (c) {
-        case 'l':
-            if (ap_log_parse_level(optarg, &level) != 0) {
-                fprintf(stderr, "archipel: invalid --log-level '%s' (want debug, info, warn, error or off)\n", optarg);
-                return 2;
-            }
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        case 'V':
-            printf("archipel %s\n", AP_VERSION);
-            return 0;
-        default:
-            fprintf(stderr, "archipel: run 'archipel --help' for the list of options\n");
-            return 2;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "archipel: unexpected argument '%s'\n", argv[optind]);
+    ap_log_init("cli", ap_log_level_from_env(AP_LOG_WARN), NULL);
+    if (argc < 2) {
+        usage(stderr);
         return 2;
     }
-    ap_log_init("cli", level, NULL);
-    fprintf(stderr, "archipel: nothing to run yet; see --help\n");
-    return 1;
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "-V") == 0 || strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+        printf("archipel %s\n", AP_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "dev") == 0) {
+        return dev__main(argc - 1, argv + 1, argv[0]);
+    }
+    if (cmd[0] == '-') {
+        fprintf(stderr, "archipel: unknown option '%s'; run 'archipel --help'\n", cmd);
+    } else {
+        fprintf(stderr, "archipel: unknown command '%s'; run 'archipel --help'\n", cmd);
+    }
+    return 2;
 }

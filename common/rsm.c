@@ -82,6 +82,7 @@ struct ap_rsm {
     void (*close_cb)(void *data);
     void *close_data;
 
+    uint64_t recorded_term; /* Term in which this leader recorded the initial peers. */
     struct ap_metric *m_proposals, *m_entries, *m_latency, *m_term, *m_commit, *m_applied,
         *m_snapshots, *m_is_leader;
     uint64_t snapshots_seen;
@@ -269,9 +270,59 @@ static void on_flush_idle(uv_idle_t *h)
     flush_barriers(r);
 }
 
+static void record_peers_applied(struct raft_apply *req, int status, void *result)
+{
+    AP_UNUSED(status);
+    AP_UNUSED(result);
+    ap_free(req);
+}
+
+/* A new leader makes sure every initial peer's HTTP address is in the
+ * replicated member table, so nodes that joined later (and never saw the
+ * --peer flags) can redirect to any of them. */
+static void record_initial_peers(struct ap_rsm *r)
+{
+    if (r->n_peers == 0 || r->recorded_term == r->raft.current_term ||
+        raft_state(&r->raft) != RAFT_LEADER) {
+        return;
+    }
+    r->recorded_term = r->raft.current_term;
+    struct ap_rsm_member *known;
+    size_t n_known;
+    if (ap_rsm_fsm_members(r->fsm, &known, &n_known) != 0) {
+        return;
+    }
+    struct ap_rsm_member missing[MAX_PEERS];
+    size_t n_missing = 0;
+    for (size_t i = 0; i < r->n_peers; i++) {
+        bool found = false;
+        for (size_t j = 0; j < n_known; j++) {
+            found = found || known[j].id == r->peers[i].id;
+        }
+        if (!found) {
+            missing[n_missing++] = r->peers[i];
+        }
+    }
+    ap_free(known);
+    if (n_missing == 0) {
+        return;
+    }
+    struct raft_buffer buf;
+    struct raft_apply *req = ap_calloc(1, sizeof *req);
+    if (req == NULL || ap_rsm_entry_encode(NULL, NULL, 0, missing, n_missing, &buf) != 0) {
+        ap_free(req);
+        return;
+    }
+    if (raft_apply(&r->raft, req, &buf, 1, record_peers_applied) != 0) {
+        raft_free(buf.base);
+        ap_free(req);
+    }
+}
+
 static void on_commit_check(uv_check_t *h)
 {
     struct ap_rsm *r = AP_CONTAINER_OF(h, struct ap_rsm, commit_check);
+    record_initial_peers(r);
     /* docs/replication.md: entries applied in one loop iteration share one
      * SQLite transaction; they are already durable in the raft log. */
     ap_rsm_fsm_flush(r->fsm);

@@ -212,12 +212,11 @@ static void read_linearizable(struct regional_node *n, struct ap_http_req *req, 
 static void h_health(struct ap_http_req *req, void *data)
 {
     struct regional_node *n = data;
-    json_t *body = json_pack("{s:s, s:s, s:I, s:s, s:o, s:I, s:I, s:I}", "tier", "regional",
-                             "region", n->cfg.region, "node", (json_int_t)n->cfg.id, "role",
-                             ap_rsm_role_name(ap_rsm_role(n->rsm)), "leader", leader_json(n),
-                             "applied_index", (json_int_t)ap_rsm_applied_index(n->rsm),
-                             "commit_index", (json_int_t)ap_rsm_commit_index(n->rsm), "term",
-                             (json_int_t)ap_rsm_term(n->rsm));
+    json_t *body = json_pack(
+        "{s:s, s:s, s:I, s:s, s:o, s:I, s:I, s:I}", "tier", "regional", "region", n->cfg.region,
+        "node", (json_int_t)n->cfg.id, "role", ap_rsm_role_name(ap_rsm_role(n->rsm)), "leader",
+        leader_json(n), "applied_index", (json_int_t)ap_rsm_applied_index(n->rsm), "commit_index",
+        (json_int_t)ap_rsm_commit_index(n->rsm), "term", (json_int_t)ap_rsm_term(n->rsm));
     ap_http_reply_json(req, 200, body);
 }
 
@@ -234,10 +233,10 @@ static void h_cluster(struct ap_http_req *req, void *data)
     ap_rsm_leader(n->rsm, &leader);
     json_t *arr = json_array();
     for (size_t i = 0; i < count; i++) {
-        json_array_append_new(arr, json_pack("{s:I, s:s, s:s, s:s, s:b}", "id",
-                                             (json_int_t)ms[i].m.id, "raft", ms[i].m.raft, "http",
-                                             ms[i].m.http, "role", ms[i].role, "leader",
-                                             ms[i].m.id == leader.id));
+        json_array_append_new(arr,
+                              json_pack("{s:I, s:s, s:s, s:s, s:b}", "id", (json_int_t)ms[i].m.id,
+                                        "raft", ms[i].m.raft, "http", ms[i].m.http, "role",
+                                        ms[i].role, "leader", ms[i].m.id == leader.id));
     }
     ap_free(ms);
     json_t *body = json_pack("{s:s, s:I, s:o, s:o, s:I, s:I, s:I, s:I}", "region", n->cfg.region,

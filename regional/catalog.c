@@ -1,4 +1,5 @@
-/* catalog: the region's replicated catalog: schema, typed commands, their deterministic apply, reads. */
+/* catalog: the region's replicated catalog: schema, typed commands, their deterministic apply,
+ * reads. */
 #include "catalog.h"
 
 #include "ap/base.h"

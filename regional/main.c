@@ -29,7 +29,8 @@ static void usage(FILE *out)
             "                           POST /v1/cluster/members on the leader\n"
             "  --election-timeout-ms N  raft election timeout (default 1000)\n"
             "  --snapshot-threshold N   entries between snapshots (default 8192)\n"
-            "  --log-level LEVEL        debug, info, warn, error or off (default info, or $AP_LOG_LEVEL)\n"
+            "  --log-level LEVEL        debug, info, warn, error or off (default info, or "
+            "$AP_LOG_LEVEL)\n"
             "  -h, --help               print this help and exit\n"
             "  -V, --version            print the version and exit\n");
 }
@@ -97,8 +98,19 @@ static void on_signal(uv_signal_t *h, int signum)
 
 int main(int argc, char **argv)
 {
-    enum { O_REGION = 256, O_ID, O_IP, O_HTTP, O_RAFT, O_DIR, O_PEER, O_JOIN, O_ELECTION,
-           O_SNAP, O_LOG };
+    enum {
+        O_REGION = 256,
+        O_ID,
+        O_IP,
+        O_HTTP,
+        O_RAFT,
+        O_DIR,
+        O_PEER,
+        O_JOIN,
+        O_ELECTION,
+        O_SNAP,
+        O_LOG
+    };
     static const struct option opts[] = {
         {"region", required_argument, NULL, O_REGION},
         {"id", required_argument, NULL, O_ID},
@@ -125,14 +137,16 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "hV", opts, NULL)) != -1) {
         switch (c) {
         case O_REGION:
-            if (strlen(optarg) == 0 || ap_strlcpy(cfg.region, optarg, sizeof cfg.region) >= sizeof cfg.region) {
+            if (strlen(optarg) == 0 ||
+                ap_strlcpy(cfg.region, optarg, sizeof cfg.region) >= sizeof cfg.region) {
                 fprintf(stderr, "archipel-regional: --region must be 1-31 characters\n");
                 return 2;
             }
             break;
         case O_ID:
             if (parse_uint(optarg, UINT32_MAX, &v) != 0 || v == 0) {
-                fprintf(stderr, "archipel-regional: --id must be a positive integer, got '%s'\n", optarg);
+                fprintf(stderr, "archipel-regional: --id must be a positive integer, got '%s'\n",
+                        optarg);
                 return 2;
             }
             cfg.id = v;
@@ -163,8 +177,11 @@ int main(int argc, char **argv)
             }
             break;
         case O_PEER:
-            if (cfg.n_peers >= REGIONAL_MAX_PEERS || parse_peer(optarg, &cfg.peers[cfg.n_peers]) != 0) {
-                fprintf(stderr, "archipel-regional: --peer wants ID,RAFT_IP:PORT,HTTP_IP:PORT (at most %d), got '%s'\n",
+            if (cfg.n_peers >= REGIONAL_MAX_PEERS ||
+                parse_peer(optarg, &cfg.peers[cfg.n_peers]) != 0) {
+                fprintf(stderr,
+                        "archipel-regional: --peer wants ID,RAFT_IP:PORT,HTTP_IP:PORT (at most "
+                        "%d), got '%s'\n",
                         REGIONAL_MAX_PEERS, optarg);
                 return 2;
             }
@@ -189,7 +206,10 @@ int main(int argc, char **argv)
             break;
         case O_LOG:
             if (ap_log_parse_level(optarg, &level) != 0) {
-                fprintf(stderr, "archipel-regional: invalid --log-level '%s' (want debug, info, warn, error or off)\n", optarg);
+                fprintf(stderr,
+                        "archipel-regional: invalid --log-level '%s' (want debug, info, warn, "
+                        "error or off)\n",
+                        optarg);
                 return 2;
             }
             break;
@@ -200,7 +220,8 @@ int main(int argc, char **argv)
             printf("archipel-regional %s\n", AP_VERSION);
             return 0;
         default:
-            fprintf(stderr, "archipel-regional: run 'archipel-regional --help' for the list of options\n");
+            fprintf(stderr,
+                    "archipel-regional: run 'archipel-regional --help' for the list of options\n");
             return 2;
         }
     }

@@ -12,15 +12,15 @@
 
 /** How a regional node is set up (from flags). */
 struct regional_config {
-    char region[32];            /* Region name, e.g. "r1". */
-    uint64_t id;                /* Raft id within the region. */
-    char ip[48];                /* Loopback or host IP all sockets bind to. */
-    uint16_t http_port;         /* HTTP API port. */
-    uint16_t raft_port;         /* Raft port. */
-    char dir[400];              /* Data directory. */
+    char region[32];                                /* Region name, e.g. "r1". */
+    uint64_t id;                                    /* Raft id within the region. */
+    char ip[48];                                    /* Loopback or host IP all sockets bind to. */
+    uint16_t http_port;                             /* HTTP API port. */
+    uint16_t raft_port;                             /* Raft port. */
+    char dir[400];                                  /* Data directory. */
     struct ap_rsm_member peers[REGIONAL_MAX_PEERS]; /* Initial voters. */
     size_t n_peers;
-    bool join;                  /* Start empty; an operator adds this node. */
+    bool join; /* Start empty; an operator adds this node. */
     unsigned election_timeout_ms;
     unsigned snapshot_threshold;
     unsigned forward_timeout_ms;

@@ -6,8 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SITE_NAME_MAX 63
-#define SITE_LABEL_MAX 63
+#define SITE_NAME_MAX   63
+#define SITE_LABEL_MAX  63
 #define SITE_MAX_LABELS 32
 
 struct site_label {

@@ -1,0 +1,494 @@
+/* dev: `archipel dev`, a whole local topology as child processes on loopback addresses. */
+#include "dev.h"
+
+#include "ap/base.h"
+#include "ap/err.h"
+#include "ap/httpc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_REGIONS     8
+#define MAX_NODES       7
+#define MAX_ARGS        32
+#define HTTP_PORT       7100
+#define RAFT_PORT       7101
+#define START_TIMEOUT_S 60
+
+/* One child process and the exact command line that restarts it. */
+struct proc {
+    char name[32];
+    char ip[32];
+    char log_path[PATH_MAX];
+    char *argv[MAX_ARGS];
+    int argc;
+    pid_t pid;
+    bool exited;
+};
+
+struct topo {
+    char dir[PATH_MAX];
+    char bin_dir[PATH_MAX];
+    int regions;
+    int nodes;
+    int sites;
+    struct proc procs[MAX_REGIONS * MAX_NODES];
+    int n_procs;
+};
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(
+        out,
+        "usage: archipel dev [--dir DIR] [--regions N] [--nodes-per-region N] [--sites N]\n"
+        "\n"
+        "Start a whole local archipel topology as child processes, each on its own\n"
+        "loopback address (region rK node I listens on 127.0.(10+K).I, HTTP port %d,\n"
+        "raft port %d), wait until every region has a leader, write DIR/topology.json,\n"
+        "and stay in the foreground; Ctrl-C (SIGINT) or SIGTERM stops every process.\n"
+        "Running it again with the same DIR restarts the topology with its data.\n"
+        "\n"
+        "options:\n"
+        "  --dir DIR                data, logs and topology.json (default .archipel-dev)\n"
+        "  --regions N              regions to start, 1-%d (default 1)\n"
+        "  --nodes-per-region N     raft nodes per region, 1-%d (default 3)\n"
+        "  --sites N                edge sites per region (default 0; edge tier not built yet)\n"
+        "  -h, --help               print this help and exit\n",
+        HTTP_PORT, RAFT_PORT, MAX_REGIONS, MAX_NODES);
+}
+
+static int parse_count(const char *flag, const char *s, int min, int max, int *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < min || v > max) {
+        fprintf(stderr, "archipel dev: %s must be an integer from %d to %d, got '%s'\n", flag, min,
+                max, s);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int mkdir_p(const char *path)
+{
+    char tmp[PATH_MAX];
+    if (ap_strlcpy(tmp, path, sizeof tmp) >= sizeof tmp) {
+        return -1;
+    }
+    for (char *p = tmp + 1; *p != '\0'; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(tmp, 0755) != 0 && errno != EEXIST) {
+                return -1;
+            }
+            *p = '/';
+        }
+    }
+    return (mkdir(tmp, 0755) != 0 && errno != EEXIST) ? -1 : 0;
+}
+
+static int add_arg(struct proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int add_arg(struct proc *p, const char *fmt, ...)
+{
+    char buf[PATH_MAX + 64];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (p->argc >= MAX_ARGS - 1) {
+        return -1;
+    }
+    p->argv[p->argc] = ap_strdup(buf);
+    if (p->argv[p->argc] == NULL) {
+        return -1;
+    }
+    p->argc++;
+    p->argv[p->argc] = NULL;
+    return 0;
+}
+
+static int plan_regions(struct topo *t)
+{
+    for (int r = 1; r <= t->regions; r++) {
+        for (int i = 1; i <= t->nodes; i++) {
+            struct proc *p = &t->procs[t->n_procs++];
+            memset(p, 0, sizeof *p);
+            snprintf(p->name, sizeof p->name, "r%d-%d", r, i);
+            snprintf(p->ip, sizeof p->ip, "127.0.%d.%d", 10 + r, i);
+            char log_path[sizeof p->log_path + 64];
+            snprintf(log_path, sizeof log_path, "%s/logs/%s.log", t->dir, p->name);
+            if (ap_strlcpy(p->log_path, log_path, sizeof p->log_path) >= sizeof p->log_path) {
+                return -1;
+            }
+            int rv = add_arg(p, "%s/archipel-regional", t->bin_dir);
+            rv |= add_arg(p, "--region");
+            rv |= add_arg(p, "r%d", r);
+            rv |= add_arg(p, "--id");
+            rv |= add_arg(p, "%d", i);
+            rv |= add_arg(p, "--ip");
+            rv |= add_arg(p, "%s", p->ip);
+            rv |= add_arg(p, "--http-port");
+            rv |= add_arg(p, "%d", HTTP_PORT);
+            rv |= add_arg(p, "--raft-port");
+            rv |= add_arg(p, "%d", RAFT_PORT);
+            rv |= add_arg(p, "--dir");
+            rv |= add_arg(p, "%s/r%d/node%d", t->dir, r, i);
+            for (int j = 1; j <= t->nodes; j++) {
+                rv |= add_arg(p, "--peer");
+                rv |= add_arg(p, "%d,127.0.%d.%d:%d,127.0.%d.%d:%d", j, 10 + r, j, RAFT_PORT,
+                              10 + r, j, HTTP_PORT);
+            }
+            if (rv != 0) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+static int spawn(struct proc *p)
+{
+    int fd = open(p->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "archipel dev: open %s: %s\n", p->log_path, strerror(errno));
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fd);
+        fprintf(stderr, "archipel dev: fork: %s\n", strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        /* The child gets its own process group: Ctrl-C reaches archipel dev,
+         * which then stops the children in order. */
+        setpgid(0, 0);
+        dup2(fd, STDOUT_FILENO);
+        dup2(fd, STDERR_FILENO);
+        int devnull = open("/dev/null", O_RDONLY);
+        if (devnull >= 0) {
+            dup2(devnull, STDIN_FILENO);
+        }
+        execv(p->argv[0], p->argv);
+        fprintf(stderr, "exec %s: %s\n", p->argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(fd);
+    p->pid = pid;
+    p->exited = false;
+    return 0;
+}
+
+/* Reap children that exited; report each once. */
+static void reap(struct topo *t)
+{
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (int i = 0; i < t->n_procs; i++) {
+            struct proc *p = &t->procs[i];
+            if (p->pid == pid && !p->exited) {
+                p->exited = true;
+                if (!stop_requested) {
+                    if (WIFSIGNALED(status)) {
+                        fprintf(stderr, "archipel dev: %s (pid %d) killed by signal %d; see %s\n",
+                                p->name, (int)pid, WTERMSIG(status), p->log_path);
+                    } else {
+                        fprintf(stderr, "archipel dev: %s (pid %d) exited with status %d; see %s\n",
+                                p->name, (int)pid, WEXITSTATUS(status), p->log_path);
+                    }
+                }
+            }
+        }
+    }
+}
+
+static json_t *health(const char *ip)
+{
+    char url[128], errmsg[AP_ERRMSG_SIZE];
+    snprintf(url, sizeof url, "http://%s:%d/v1/health", ip, HTTP_PORT);
+    struct ap_httpc_req req = {.url = url, .timeout_ms = 1000};
+    struct ap_httpc_resp resp;
+    if (ap_httpc_do(&req, &resp, errmsg) != 0) {
+        return NULL;
+    }
+    json_t *j = resp.status == 200 && resp.body != NULL ? json_loads(resp.body, 0, NULL) : NULL;
+    ap_httpc_resp_free(&resp);
+    return j;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Wait until each region has a leader, printing progress. Returns 0 or -1. */
+static int wait_for_leaders(struct topo *t)
+{
+    bool led[MAX_REGIONS + 1] = {false};
+    int done = 0;
+    time_t start = time(NULL);
+    printf("waiting for %d region%s to elect a leader", t->regions, t->regions == 1 ? "" : "s");
+    fflush(stdout);
+    while (done < t->regions && !stop_requested) {
+        if (time(NULL) - start > START_TIMEOUT_S) {
+            printf("\n");
+            fprintf(stderr, "archipel dev: no leader after %d s; see the logs in %s/logs\n",
+                    START_TIMEOUT_S, t->dir);
+            return -1;
+        }
+        reap(t);
+        for (int i = 0; i < t->n_procs; i++) {
+            if (t->procs[i].exited) {
+                printf("\n");
+                fprintf(stderr, "archipel dev: %s exited during start-up; see %s\n",
+                        t->procs[i].name, t->procs[i].log_path);
+                return -1;
+            }
+        }
+        for (int r = 1; r <= t->regions; r++) {
+            if (led[r]) {
+                continue;
+            }
+            char ip[32];
+            snprintf(ip, sizeof ip, "127.0.%d.1", 10 + r);
+            for (int i = 1; i <= t->nodes && !led[r]; i++) {
+                snprintf(ip, sizeof ip, "127.0.%d.%d", 10 + r, i);
+                json_t *h = health(ip);
+                const char *role = json_string_value(json_object_get(h, "role"));
+                if (role != NULL && strcmp(role, "leader") == 0) {
+                    led[r] = true;
+                    done++;
+                    printf("\n  region r%d: leader is node %d (%s) after %lds", r, i, ip,
+                           (long)(time(NULL) - start));
+                }
+                json_decref(h);
+            }
+        }
+        if (done < t->regions) {
+            printf(".");
+            fflush(stdout);
+            sleep_ms(250);
+        }
+    }
+    printf("\n");
+    return stop_requested ? -1 : 0;
+}
+
+static int write_topology(struct topo *t)
+{
+    json_t *regions = json_array();
+    for (int r = 1; r <= t->regions; r++) {
+        json_t *nodes = json_array();
+        for (int i = 1; i <= t->nodes; i++) {
+            struct proc *p = &t->procs[(r - 1) * t->nodes + (i - 1)];
+            json_t *cmd = json_array();
+            for (int a = 0; a < p->argc; a++) {
+                json_array_append_new(cmd, json_string(p->argv[a]));
+            }
+            char http[48], raft_addr[48];
+            snprintf(http, sizeof http, "%s:%d", p->ip, HTTP_PORT);
+            snprintf(raft_addr, sizeof raft_addr, "%s:%d", p->ip, RAFT_PORT);
+            json_array_append_new(nodes,
+                                  json_pack("{s:i, s:s, s:s, s:s, s:i, s:o, s:s}", "id", i, "ip",
+                                            p->ip, "http", http, "raft", raft_addr, "pid",
+                                            (int)p->pid, "cmd", cmd, "log", p->log_path));
+        }
+        char name[16];
+        snprintf(name, sizeof name, "r%d", r);
+        json_array_append_new(regions, json_pack("{s:s, s:o}", "name", name, "nodes", nodes));
+    }
+    json_t *top = json_pack("{s:o, s:[], s:n, s:s}", "regions", regions, "sites", "controller",
+                            "dir", t->dir);
+    char path[PATH_MAX + 32], tmp[PATH_MAX + 40];
+    snprintf(path, sizeof path, "%s/topology.json", t->dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int rv = json_dump_file(top, tmp, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(top);
+    if (rv != 0 || rename(tmp, path) != 0) {
+        fprintf(stderr, "archipel dev: write %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static void stop_all(struct topo *t)
+{
+    for (int i = t->n_procs - 1; i >= 0; i--) {
+        if (t->procs[i].pid > 0 && !t->procs[i].exited) {
+            kill(t->procs[i].pid, SIGTERM);
+        }
+    }
+    /* Give every process 10 s to close cleanly, then kill what is left. */
+    for (int tick = 0; tick < 100; tick++) {
+        reap(t);
+        bool alive = false;
+        for (int i = 0; i < t->n_procs; i++) {
+            alive = alive || (t->procs[i].pid > 0 && !t->procs[i].exited);
+        }
+        if (!alive) {
+            return;
+        }
+        sleep_ms(100);
+    }
+    for (int i = 0; i < t->n_procs; i++) {
+        if (t->procs[i].pid > 0 && !t->procs[i].exited) {
+            fprintf(stderr, "archipel dev: %s did not stop in 10 s; killing it\n",
+                    t->procs[i].name);
+            kill(t->procs[i].pid, SIGKILL);
+        }
+    }
+    sleep_ms(200);
+    reap(t);
+}
+
+static void free_topo(struct topo *t)
+{
+    for (int i = 0; i < t->n_procs; i++) {
+        for (int a = 0; a < t->procs[i].argc; a++) {
+            ap_free(t->procs[i].argv[a]);
+        }
+    }
+}
+
+int dev__main(int argc, char **argv, const char *self_path)
+{
+    static const struct option opts[] = {
+        {"dir", required_argument, NULL, 'd'},
+        {"regions", required_argument, NULL, 'r'},
+        {"nodes-per-region", required_argument, NULL, 'n'},
+        {"sites", required_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    static struct topo t;
+    const char *dir = ".archipel-dev";
+    int c;
+    memset(&t, 0, sizeof t);
+    t.regions = 1;
+    t.nodes = 3;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd':
+            dir = optarg;
+            break;
+        case 'r':
+            if (parse_count("--regions", optarg, 1, MAX_REGIONS, &t.regions) != 0) {
+                return 2;
+            }
+            break;
+        case 'n':
+            if (parse_count("--nodes-per-region", optarg, 1, MAX_NODES, &t.nodes) != 0) {
+                return 2;
+            }
+            break;
+        case 's':
+            if (parse_count("--sites", optarg, 0, 64, &t.sites) != 0) {
+                return 2;
+            }
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            fprintf(stderr, "archipel dev: run 'archipel dev --help' for the list of options\n");
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "archipel dev: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (t.sites > 0) {
+        fprintf(stderr,
+                "archipel dev: --sites: the edge tier is not built yet; starting no site\n");
+    }
+    if (mkdir_p(dir) != 0 || realpath(dir, t.dir) == NULL) {
+        fprintf(stderr, "archipel dev: cannot create --dir %s: %s\n", dir, strerror(errno));
+        return 1;
+    }
+    char self[PATH_MAX];
+    if (realpath(self_path, self) == NULL) {
+        fprintf(stderr, "archipel dev: cannot find my own binary (%s): %s\n", self_path,
+                strerror(errno));
+        return 1;
+    }
+    ap_strlcpy(t.bin_dir, self, sizeof t.bin_dir);
+    char *slash = strrchr(t.bin_dir, '/');
+    if (slash != NULL) {
+        *slash = '\0';
+    }
+    char logs[PATH_MAX + 8];
+    snprintf(logs, sizeof logs, "%s/logs", t.dir);
+    if (mkdir_p(logs) != 0) {
+        fprintf(stderr, "archipel dev: cannot create %s: %s\n", logs, strerror(errno));
+        return 1;
+    }
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    int code = 1;
+    if (plan_regions(&t) != 0) {
+        fprintf(stderr, "archipel dev: out of memory\n");
+        goto out;
+    }
+    printf("archipel dev: starting %d region%s of %d node%s in %s\n", t.regions,
+           t.regions == 1 ? "" : "s", t.nodes, t.nodes == 1 ? "" : "s", t.dir);
+    for (int i = 0; i < t.n_procs; i++) {
+        if (spawn(&t.procs[i]) != 0) {
+            goto out_stop;
+        }
+        printf("  started %-8s pid %-7d http %s:%d  log %s\n", t.procs[i].name, (int)t.procs[i].pid,
+               t.procs[i].ip, HTTP_PORT, t.procs[i].log_path);
+    }
+    fflush(stdout);
+    if (wait_for_leaders(&t) != 0 || write_topology(&t) != 0) {
+        goto out_stop;
+    }
+    printf("archipel dev: ready; topology in %s/topology.json\n", t.dir);
+    printf("  try: curl -s http://127.0.11.1:%d/v1/health\n", HTTP_PORT);
+    printf("press Ctrl-C to stop\n");
+    fflush(stdout);
+    while (!stop_requested) {
+        reap(&t);
+        sleep_ms(200);
+    }
+    code = 0;
+out_stop:
+    printf("archipel dev: stopping\n");
+    fflush(stdout);
+    stop_all(&t);
+    printf("archipel dev: stopped\n");
+out:
+    free_topo(&t);
+    return code;
+}
