@@ -11,7 +11,7 @@ packages=(
   libraft-dev libuv1-dev libsqlite3-dev libmsgpack-dev libmicrohttpd-dev
   libjansson-dev libsodium-dev libcurl4-openssl-dev
   # tests
-  libcmocka-dev iptables iproute2 curl jq sqlite3 procps psmisc faketime
+  libcmocka-dev python3 iptables iproute2 curl jq sqlite3 procps psmisc faketime
   # benchmarks: etcd is the peer the catalog is measured against
   etcd-server etcd-client
   # workloads: the oci driver
