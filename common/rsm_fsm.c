@@ -3,6 +3,7 @@
 
 #include "ap/base.h"
 #include "ap/log.h"
+#include "ap/mp.h"
 #include "ap/store.h"
 
 #include <msgpack.h>
@@ -250,15 +251,24 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
     }
 
     msgpack_unpacked up;
-    msgpack_unpacked_init(&up);
-    size_t off = 0;
     struct ap_rsm_batch *b = NULL;
+    char why[AP_ERRMSG_SIZE] = "";
     int rv = 0;
-    /* Entries are padded with zero bytes after the msgpack map. */
-    if (msgpack_unpack_next(&up, buf->base, buf->len, &off) != MSGPACK_UNPACK_SUCCESS ||
-        up.data.type != MSGPACK_OBJECT_MAP) {
-        AP_LOG(AP_LOG_ERROR, "rsm_entry_undecodable index=%llu len=%zu", (unsigned long long)index,
-               buf->len);
+    /* Entry layout (docs/replication.md): 8-byte little-endian payload
+     * length, the msgpack map, zero padding to a multiple of 8 bytes. */
+    const uint8_t *p = buf->base;
+    uint64_t plen = 0;
+    for (int i = 7; i >= 0 && buf->len >= 8; i--) {
+        plen = (plen << 8) | p[i];
+    }
+    if (buf->len < 8 || plen > buf->len - 8 ||
+        ap_mp_unpack(p + 8, (size_t)plen, AP_RSM_MAX_ENTRY, &up, why) != 0) {
+        AP_LOG(AP_LOG_ERROR, "rsm_entry_undecodable index=%llu len=%zu err=\"%s\"",
+               (unsigned long long)index, buf->len, why);
+    } else if (up.data.type != MSGPACK_OBJECT_MAP) {
+        AP_LOG(AP_LOG_ERROR, "rsm_entry_undecodable index=%llu err=\"not a map\"",
+               (unsigned long long)index);
+        msgpack_unpacked_destroy(&up);
     } else {
         const msgpack_object *v = map_get(&up.data, "v");
         if (v == NULL || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 == 0) {
@@ -266,8 +276,8 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
         } else {
             rv = apply_entry(f, index, &up.data, &b);
         }
+        msgpack_unpacked_destroy(&up);
     }
-    msgpack_unpacked_destroy(&up);
     if (rv == AP_EPROTO) {
         /* A malformed entry is skipped identically on every replica. */
         AP_LOG(AP_LOG_ERROR, "rsm_entry_malformed index=%llu", (unsigned long long)index);
@@ -484,13 +494,21 @@ int ap_rsm_entry_encode(const uint8_t *const *cmds, const size_t *lens, size_t n
         return AP_ENOMEM;
     }
     /* RAFT-NOTES pitfall 1: entries must be a multiple of 8 bytes. */
-    size_t padded = (sb.size + 7) / 8 * 8;
+    size_t padded = (8 + sb.size + 7) / 8 * 8;
+    if (sb.size > AP_RSM_MAX_ENTRY) {
+        msgpack_sbuffer_destroy(&sb);
+        return AP_ETOOBIG;
+    }
     out->base = raft_calloc(1, padded);
     if (out->base == NULL) {
         msgpack_sbuffer_destroy(&sb);
         return AP_ENOMEM;
     }
-    memcpy(out->base, sb.data, sb.size);
+    uint8_t *hdr = out->base;
+    for (int i = 0; i < 8; i++) {
+        hdr[i] = (uint8_t)((uint64_t)sb.size >> (8 * i));
+    }
+    memcpy(hdr + 8, sb.data, sb.size);
     out->len = padded;
     msgpack_sbuffer_destroy(&sb);
     return 0;

@@ -16,6 +16,8 @@ struct ap_store;
 #define AP_RSM_ENTRY_VERSION 1
 /** Most commands one entry may batch. */
 #define AP_RSM_MAX_BATCH 256
+/** Largest encoded entry (a batch of commands), bytes. */
+#define AP_RSM_MAX_ENTRY (64u << 20)
 /** Largest single command, bytes. */
 #define AP_RSM_MAX_COMMAND (1u << 20)
 
