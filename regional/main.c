@@ -249,6 +249,9 @@ int main(int argc, char **argv)
     snprintf(comp, sizeof comp, "regional/%s/%llu", cfg.region, (unsigned long long)cfg.id);
     ap_log_init(comp, level, NULL);
 
+    /* Forwarded requests run blocking libcurl calls on libuv's threadpool,
+     * which raft's disk I/O shares: give the pool room for both. */
+    setenv("UV_THREADPOOL_SIZE", "32", 0);
     struct app a;
     memset(&a, 0, sizeof a);
     a.loop = uv_default_loop();
