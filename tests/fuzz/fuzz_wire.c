@@ -1,4 +1,4 @@
-/* Fuzz target for wire: bytes through ap_wire_reader in input-chosen chunks, then ap_wire_decode. */
+/* Fuzz target for wire: input through ap_wire_reader in input-chosen chunks, and ap_wire_decode. */
 #include "ap/base.h"
 #include "ap/err.h"
 #include "ap/mp.h"
