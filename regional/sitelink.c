@@ -276,7 +276,7 @@ static void on_hello(struct session *ss, const struct ap_wire_msg *m)
     struct catalog_link_info info;
     rv = catalog__site_link_info(ap_rsm_store(n->rsm), site, &info);
     if (rv != 0) {
-        char msg[128];
+        char msg[192];
         snprintf(msg, sizeof msg, "site %s is not registered in region %s", site, n->cfg.region);
         send_error(ss->conn, n, "not_found", msg);
         ap_conn_close(ss->conn, NULL);
