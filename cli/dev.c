@@ -23,6 +23,9 @@
 
 #define MAX_REGIONS     8
 #define MAX_NODES       7
+#define MAX_SITES       32
+#define LINK_PORT       7102
+#define SITE_PORT       7200
 #define MAX_ARGS        32
 #define HTTP_PORT       7100
 #define RAFT_PORT       7101
@@ -45,8 +48,9 @@ struct topo {
     int regions;
     int nodes;
     int sites;
-    struct proc procs[MAX_REGIONS * MAX_NODES];
+    struct proc procs[MAX_REGIONS * MAX_NODES + MAX_REGIONS * MAX_SITES];
     int n_procs;
+    int first_site; /* Index in procs of the first site process. */
 };
 
 static volatile sig_atomic_t stop_requested;
@@ -169,6 +173,43 @@ static int plan_regions(struct topo *t)
     return 0;
 }
 
+static int plan_sites(struct topo *t)
+{
+    t->first_site = t->n_procs;
+    for (int r = 1; r <= t->regions; r++) {
+        for (int i = 1; i <= t->sites; i++) {
+            struct proc *p = &t->procs[t->n_procs++];
+            memset(p, 0, sizeof *p);
+            snprintf(p->name, sizeof p->name, "r%d-s%d", r, i);
+            snprintf(p->ip, sizeof p->ip, "127.0.%d.%d", 20 + r, i);
+            char log_path[sizeof p->log_path + 64];
+            snprintf(log_path, sizeof log_path, "%s/logs/%s.log", t->dir, p->name);
+            if (ap_strlcpy(p->log_path, log_path, sizeof p->log_path) >= sizeof p->log_path) {
+                return -1;
+            }
+            int rv = add_arg(p, "%s/archipel-edge", t->bin_dir);
+            rv |= add_arg(p, "--site");
+            rv |= add_arg(p, "%s", p->name);
+            rv |= add_arg(p, "--region");
+            rv |= add_arg(p, "r%d", r);
+            rv |= add_arg(p, "--ip");
+            rv |= add_arg(p, "%s", p->ip);
+            rv |= add_arg(p, "--http-port");
+            rv |= add_arg(p, "%d", SITE_PORT);
+            rv |= add_arg(p, "--dir");
+            rv |= add_arg(p, "%s/sites/%s", t->dir, p->name);
+            for (int j = 1; j <= t->nodes; j++) {
+                rv |= add_arg(p, "--region-node");
+                rv |= add_arg(p, "127.0.%d.%d:%d", 10 + r, j, LINK_PORT);
+            }
+            if (rv != 0) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
 static int spawn(struct proc *p)
 {
     int fd = open(p->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -226,10 +267,10 @@ static void reap(struct topo *t)
     }
 }
 
-static json_t *health(const char *ip)
+static json_t *health_at(const char *ip, int port)
 {
     char url[128], errmsg[AP_ERRMSG_SIZE];
-    snprintf(url, sizeof url, "http://%s:%d/v1/health", ip, HTTP_PORT);
+    snprintf(url, sizeof url, "http://%s:%d/v1/health", ip, port);
     struct ap_httpc_req req = {.url = url, .timeout_ms = 1000};
     struct ap_httpc_resp resp;
     if (ap_httpc_do(&req, &resp, errmsg) != 0) {
@@ -278,7 +319,7 @@ static int wait_for_leaders(struct topo *t)
             snprintf(ip, sizeof ip, "127.0.%d.1", 10 + r);
             for (int i = 1; i <= t->nodes && !led[r]; i++) {
                 snprintf(ip, sizeof ip, "127.0.%d.%d", 10 + r, i);
-                json_t *h = health(ip);
+                json_t *h = health_at(ip, HTTP_PORT);
                 const char *role = json_string_value(json_object_get(h, "role"));
                 if (role != NULL && strcmp(role, "leader") == 0) {
                     led[r] = true;
@@ -297,6 +338,96 @@ static int wait_for_leaders(struct topo *t)
     }
     printf("\n");
     return stop_requested ? -1 : 0;
+}
+
+/* Register every site in its region's catalog (an existing one is fine). */
+static int register_sites(struct topo *t)
+{
+    for (int k = t->first_site; k < t->n_procs; k++) {
+        struct proc *p = &t->procs[k];
+        int r = atoi(p->name + 1);
+        char url[128], body[256], errmsg[AP_ERRMSG_SIZE];
+        snprintf(url, sizeof url, "http://127.0.%d.1:%d/v1/sites", 10 + r, HTTP_PORT);
+        snprintf(body, sizeof body,
+                 "{\"name\":\"%s\",\"labels\":{\"region\":\"r%d\"},"
+                 "\"capacity\":{\"cpu_millis\":4000,\"memory_mb\":8192,\"instances\":100}}",
+                 p->name, r);
+        const char *headers[] = {"Content-Type: application/json", NULL};
+        struct ap_httpc_req req = {.method = "POST",
+                                   .url = url,
+                                   .body = body,
+                                   .body_len = strlen(body),
+                                   .headers = headers,
+                                   .timeout_ms = 5000};
+        struct ap_httpc_resp resp;
+        int ok = 0;
+        for (int attempt = 0; attempt < 20 && !ok && !stop_requested; attempt++) {
+            if (ap_httpc_do(&req, &resp, errmsg) == 0) {
+                ok = resp.status == 201 || resp.status == 409;
+                ap_httpc_resp_free(&resp);
+            }
+            if (!ok) {
+                sleep_ms(250);
+            }
+        }
+        if (!ok) {
+            fprintf(stderr, "archipel dev: could not register site %s in region r%d\n", p->name, r);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Wait until every site says its link to the region is up. */
+static int wait_for_sites(struct topo *t)
+{
+    int n_sites = t->n_procs - t->first_site;
+    if (n_sites == 0) {
+        return 0;
+    }
+    printf("waiting for %d site%s to link to their region", n_sites, n_sites == 1 ? "" : "s");
+    fflush(stdout);
+    time_t start = time(NULL);
+    while (!stop_requested) {
+        int linked = 0;
+        reap(t);
+        for (int k = t->first_site; k < t->n_procs; k++) {
+            if (t->procs[k].exited) {
+                printf("\n");
+                fprintf(stderr, "archipel dev: %s exited during start-up; see %s\n",
+                        t->procs[k].name, t->procs[k].log_path);
+                return -1;
+            }
+            json_t *h = health_at(t->procs[k].ip, SITE_PORT);
+            const char *link = json_string_value(json_object_get(h, "link"));
+            linked += link != NULL && strcmp(link, "connected") == 0;
+            json_decref(h);
+        }
+        if (linked == n_sites) {
+            printf("\n  %d site%s linked after %lds\n", n_sites, n_sites == 1 ? "" : "s",
+                   (long)(time(NULL) - start));
+            return 0;
+        }
+        if (time(NULL) - start > START_TIMEOUT_S) {
+            printf("\n");
+            fprintf(stderr, "archipel dev: only %d of %d sites linked after %d s; see %s/logs\n",
+                    linked, n_sites, START_TIMEOUT_S, t->dir);
+            return -1;
+        }
+        printf(".");
+        fflush(stdout);
+        sleep_ms(250);
+    }
+    return -1;
+}
+
+static json_t *cmd_json(const struct proc *p)
+{
+    json_t *cmd = json_array();
+    for (int a = 0; a < p->argc; a++) {
+        json_array_append_new(cmd, json_string(p->argv[a]));
+    }
+    return cmd;
 }
 
 static int write_topology(struct topo *t)
@@ -322,8 +453,19 @@ static int write_topology(struct topo *t)
         snprintf(name, sizeof name, "r%d", r);
         json_array_append_new(regions, json_pack("{s:s, s:o}", "name", name, "nodes", nodes));
     }
-    json_t *top = json_pack("{s:o, s:[], s:n, s:s}", "regions", regions, "sites", "controller",
-                            "dir", t->dir);
+    json_t *sites = json_array();
+    for (int k = t->first_site; k < t->n_procs; k++) {
+        const struct proc *p = &t->procs[k];
+        char http[48], region[16];
+        snprintf(http, sizeof http, "%s:%d", p->ip, SITE_PORT);
+        snprintf(region, sizeof region, "r%d", atoi(p->name + 1));
+        json_array_append_new(sites,
+                              json_pack("{s:s, s:s, s:s, s:s, s:i, s:o, s:s}", "name", p->name,
+                                        "region", region, "ip", p->ip, "http", http, "pid",
+                                        (int)p->pid, "cmd", cmd_json(p), "log", p->log_path));
+    }
+    json_t *top = json_pack("{s:o, s:o, s:n, s:s}", "regions", regions, "sites", sites,
+                            "controller", "dir", t->dir);
     char path[PATH_MAX + 32], tmp[PATH_MAX + 40];
     snprintf(path, sizeof path, "%s/topology.json", t->dir);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
@@ -391,6 +533,7 @@ int dev__main(int argc, char **argv, const char *self_path)
     memset(&t, 0, sizeof t);
     t.regions = 1;
     t.nodes = 3;
+    t.sites = 0; /* TODO(issue 4): 3 once the edge daemon is wired */
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -408,7 +551,7 @@ int dev__main(int argc, char **argv, const char *self_path)
             }
             break;
         case 's':
-            if (parse_count("--sites", optarg, 0, 64, &t.sites) != 0) {
+            if (parse_count("--sites", optarg, 0, MAX_SITES, &t.sites) != 0) {
                 return 2;
             }
             break;
@@ -457,13 +600,13 @@ int dev__main(int argc, char **argv, const char *self_path)
     sigaction(SIGTERM, &sa, NULL);
 
     int code = 1;
-    if (plan_regions(&t) != 0) {
+    if (plan_regions(&t) != 0 || plan_sites(&t) != 0) {
         fprintf(stderr, "archipel dev: out of memory\n");
         goto out;
     }
     printf("archipel dev: starting %d region%s of %d node%s in %s\n", t.regions,
            t.regions == 1 ? "" : "s", t.nodes, t.nodes == 1 ? "" : "s", t.dir);
-    for (int i = 0; i < t.n_procs; i++) {
+    for (int i = 0; i < t.first_site; i++) {
         if (spawn(&t.procs[i]) != 0) {
             goto out_stop;
         }
@@ -471,7 +614,18 @@ int dev__main(int argc, char **argv, const char *self_path)
                t.procs[i].ip, HTTP_PORT, t.procs[i].log_path);
     }
     fflush(stdout);
-    if (wait_for_leaders(&t) != 0 || write_topology(&t) != 0) {
+    if (wait_for_leaders(&t) != 0 || register_sites(&t) != 0) {
+        goto out_stop;
+    }
+    for (int i = t.first_site; i < t.n_procs; i++) {
+        if (spawn(&t.procs[i]) != 0) {
+            goto out_stop;
+        }
+        printf("  started %-8s pid %-7d http %s:%d  log %s\n", t.procs[i].name, (int)t.procs[i].pid,
+               t.procs[i].ip, SITE_PORT, t.procs[i].log_path);
+    }
+    fflush(stdout);
+    if (wait_for_sites(&t) != 0 || write_topology(&t) != 0) {
         goto out_stop;
     }
     printf("archipel dev: ready; topology in %s/topology.json\n", t.dir);

@@ -841,6 +841,11 @@ int ap_conn_dialer_set_target(struct ap_conn_dialer *d, const char *remote_ip, u
     return 0;
 }
 
+void *ap_conn_dialer_data(const struct ap_conn_dialer *d)
+{
+    return d->h.data;
+}
+
 struct ap_conn *ap_conn_dialer_conn(const struct ap_conn_dialer *d)
 {
     return d->conn != NULL && d->conn->state == CONN_OPEN ? d->conn : NULL;

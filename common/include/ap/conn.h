@@ -230,6 +230,9 @@ int ap_conn_dialer_start(uv_loop_t *loop, const struct ap_conn_dialer_config *cf
 int ap_conn_dialer_set_target(struct ap_conn_dialer *d, const char *remote_ip,
                               uint16_t remote_port);
 
+/** The handlers' data pointer given in the dialer's config (also in its close callback). */
+void *ap_conn_dialer_data(const struct ap_conn_dialer *d);
+
 /** The current link when it is up, else NULL. */
 struct ap_conn *ap_conn_dialer_conn(const struct ap_conn_dialer *d);
 
