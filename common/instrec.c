@@ -140,7 +140,7 @@ static void write_ts(struct ap_mp_writer *w, const char *k_ts, const char *k_nod
 
 void ap_instrec_write(struct ap_mp_writer *w, const struct ap_instrec *r)
 {
-    ap_mp_write_map(w, 19);
+    ap_mp_write_map(w, 18);
     ap_mp_write_str(w, "id");
     ap_mp_write_str(w, r->id);
     ap_mp_write_str(w, "tenant");
