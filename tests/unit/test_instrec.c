@@ -217,7 +217,8 @@ static void test_create_body_validation(void **state)
          NULL, AP_EINVAL, "colour"},
         {"{\"name\":\"web\",\"tenant\":\"acme\",\"site\":\"r1-s2\",\"command\":[\"x\"]}", "r1-s1",
          AP_EINVAL, "site"},
-        {"{\"name\":\"web\",\"tenant\":\"acme\",\"site\":\"s\",\"command\":[\"x\"],\"env\":{\"A=B\":"
+        {"{\"name\":\"web\",\"tenant\":\"acme\",\"site\":\"s\",\"command\":[\"x\"],\"env\":{\"A="
+         "B\":"
          "\"c\"}}",
          NULL, AP_EINVAL, "env"},
     };
