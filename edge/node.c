@@ -43,11 +43,56 @@ static void on_link_state(void *data, bool connected)
     }
 }
 
+/* docs/edge.md: a linked site gives back what it holds beyond
+ * max(reserve, usage), so rights flow to where they are used. */
+static void return_unused_rights(struct edge_node *n)
+{
+    char **tenants;
+    size_t nt;
+    if (!link__connected(n->link) || n->waiters != NULL ||
+        shard__rights_tenants(n->shard, &tenants, &nt) != 0) {
+        return;
+    }
+    bool returned = false;
+    if (shard__begin(n->shard) == 0) {
+        for (size_t i = 0; i < nt; i++) {
+            struct shard_rights rt;
+            if (shard__rights(n->shard, tenants[i], &rt) != 0) {
+                continue;
+            }
+            for (int k = 0; k < SHARD_RES_N; k++) {
+                int64_t surplus = rt.granted[k] - rt.returned[k] - rt.usage[k] - rt.reserve[k];
+                if (surplus > 0 &&
+                    shard__rights_return(n->shard, tenants[i], (enum shard_res)k, surplus) == 0) {
+                    returned = true;
+                    AP_LOG(AP_LOG_DEBUG, "rights_returned tenant=%s resource=%s amount=%lld",
+                           tenants[i], shard__res_name((enum shard_res)k), (long long)surplus);
+                }
+            }
+        }
+        if (shard__commit(n->shard) != 0) {
+            returned = false;
+        }
+    }
+    for (size_t i = 0; i < nt; i++) {
+        ap_free(tenants[i]);
+    }
+    ap_free(tenants);
+    if (returned) {
+        link__kick(n->link);
+    }
+}
+
 static void on_waiter_timer(uv_timer_t *t)
 {
     struct edge_node *n = AP_CONTAINER_OF(t, struct edge_node, waiter_timer);
     if (n->waiters != NULL) {
         api__retry_waiters(n, false);
+    }
+    uint64_t now = uv_now(n->loop);
+    if (now - n->last_return_ms >= 5000) {
+        n->last_return_ms = now;
+        return_unused_rights(n);
     }
 }
 

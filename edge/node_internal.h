@@ -25,6 +25,7 @@ struct edge_node {
     struct ap_uuid_gen uuids;
     struct rights_waiter *waiters; /* Creates waiting for rights from the region. */
     uv_timer_t waiter_timer;
+    uint64_t last_return_ms; /* When unused rights were last given back. */
     struct ap_metric *m_instances, *m_link_up, *m_deltas_sent, *m_deltas_applied, *m_creates,
         *m_quota_refused;
     bool stopping;
