@@ -5,42 +5,17 @@
 #include "ap/base.h"
 #include "ap/err.h"
 
+#include <sodium.h>
 #include <string.h>
-
-static const char *desired_names[] = {"running", "stopped", "deleted"};
-static const char *actual_names[] = {"pending", "starting", "running",
-                                     "exited",  "failed",   "stopped"};
 
 const char *ap_desired_name(enum ap_desired d)
 {
-    return (size_t)d < AP_ARRAY_LEN(desired_names) ? desired_names[d] : "unknown";
-}
-
-int ap_desired_parse(const char *s, enum ap_desired *out)
-{
-    for (size_t i = 0; i < AP_ARRAY_LEN(desired_names); i++) {
-        if (strcmp(s, desired_names[i]) == 0) {
-            *out = (enum ap_desired)i;
-            return 0;
-        }
-    }
-    return AP_EINVAL;
+    return ap_desired_str(d);
 }
 
 const char *ap_actual_name(enum ap_actual a)
 {
-    return (size_t)a < AP_ARRAY_LEN(actual_names) ? actual_names[a] : "unknown";
-}
-
-int ap_actual_parse(const char *s, enum ap_actual *out)
-{
-    for (size_t i = 0; i < AP_ARRAY_LEN(actual_names); i++) {
-        if (strcmp(s, actual_names[i]) == 0) {
-            *out = (enum ap_actual)i;
-            return 0;
-        }
-    }
-    return AP_EINVAL;
+    return ap_actual_str(a);
 }
 
 void ap_instrec_clear(struct ap_instrec *r)
@@ -67,11 +42,42 @@ static bool ts_equal(struct ap_hlc_ts a, struct ap_hlc_ts b)
     return ap_hlc_compare(a, b) == 0;
 }
 
+/* The spec's sha256 in hex: what the merge compares identities by. */
+static void spec_digest(const char *spec, char out[AP_INST_DIGEST_SIZE])
+{
+    unsigned char h[crypto_hash_sha256_BYTES];
+    const char *text = spec != NULL ? spec : "";
+    crypto_hash_sha256(h, (const unsigned char *)text, strlen(text));
+    sodium_bin2hex(out, AP_INST_DIGEST_SIZE, h, sizeof h);
+}
+
+static void to_state(const struct ap_instrec *r, struct ap_inst_state *s)
+{
+    memset(s, 0, sizeof *s);
+    spec_digest(r->spec, s->spec_digest);
+    s->spec_ts = r->created;
+    s->desired = r->desired;
+    s->desired_ts = r->desired_ts;
+    s->actual = r->actual;
+    s->pid = (int32_t)r->pid;
+    s->exit_code = (int32_t)r->exit_code;
+    s->restarts = (uint32_t)r->restarts;
+    s->actual_ts = r->actual_ts;
+}
+
 bool ap_instrec_merge(struct ap_instrec *into, const struct ap_instrec *other)
 {
-    bool changed = false;
-    /* Identity: the earlier creation wins, so every replica picks the same. */
-    if (ap_hlc_compare(other->created, into->created) < 0) {
+    struct ap_inst_state a, b;
+    to_state(into, &a);
+    to_state(other, &b);
+    char before[AP_INST_DIGEST_SIZE];
+    memcpy(before, a.spec_digest, sizeof before);
+    /* docs/merge-rules.md: the rules live in one place, ap_inst_merge. */
+    if (!ap_inst_merge(&a, &b)) {
+        return false;
+    }
+    if (strcmp(a.spec_digest, before) != 0 || !ts_equal(a.spec_ts, into->created)) {
+        /* The other side's identity won: take its spec and names too. */
         char *spec = other->spec != NULL ? ap_strdup(other->spec) : NULL;
         if (other->spec == NULL || spec != NULL) {
             ap_free(into->spec);
@@ -82,33 +88,16 @@ bool ap_instrec_merge(struct ap_instrec *into, const struct ap_instrec *other)
             into->cpu_millis = other->cpu_millis;
             into->memory_mb = other->memory_mb;
             into->created = other->created;
-            changed = true;
         }
     }
-    /* docs/merge-rules.md: delete dominates, otherwise the later stamp wins. */
-    bool into_del = into->desired == AP_DESIRED_DELETED;
-    bool other_del = other->desired == AP_DESIRED_DELETED;
-    bool take_desired;
-    if (into_del != other_del) {
-        take_desired = other_del;
-    } else {
-        take_desired = ap_hlc_compare(other->desired_ts, into->desired_ts) > 0;
-    }
-    if (take_desired) {
-        into->desired = other->desired;
-        into->desired_ts = other->desired_ts;
-        changed = true;
-    }
-    /* The site is the only writer of the actual state; its fields move together. */
-    if (ap_hlc_compare(other->actual_ts, into->actual_ts) > 0) {
-        into->actual = other->actual;
-        into->actual_ts = other->actual_ts;
-        into->pid = other->pid;
-        into->exit_code = other->exit_code;
-        into->restarts = other->restarts;
-        changed = true;
-    }
-    return changed;
+    into->desired = a.desired;
+    into->desired_ts = a.desired_ts;
+    into->actual = a.actual;
+    into->actual_ts = a.actual_ts;
+    into->pid = a.pid;
+    into->exit_code = a.exit_code;
+    into->restarts = a.restarts;
+    return true;
 }
 
 bool ap_instrec_equal(const struct ap_instrec *a, const struct ap_instrec *b)

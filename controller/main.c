@@ -2,23 +2,28 @@
 #include "ap/log.h"
 
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: archipel-controller [options]\n"
-                 "\n"
-                 "The archipel controller daemon (not yet implemented beyond its flags).\n"
-                 "\n"
-                 "options:\n"
-                 "  --log-level LEVEL  debug, info, warn, error or off (default: info, or $AP_LOG_LEVEL)\n"
-                 "  -h, --help         print this help and exit\n"
-                 "  -V, --version      print the version and exit\n");
+    fprintf(
+        out,
+        "usage: archipel-controller [options]\n"
+        "\n"
+        "The archipel controller daemon (not yet implemented beyond its flags).\n"
+        "\n"
+        "options:\n"
+        "  --log-level LEVEL  debug, info, warn, error or off (default: info, or $AP_LOG_LEVEL)\n"
+        "  -h, --help         print this help and exit\n"
+        "  -V, --version      print the version and exit\n");
 }
 
 int main(int argc, char **argv)
 {
+    /* A peer that closes mid-write must give EPIPE, not kill the daemon. */
+    signal(SIGPIPE, SIG_IGN);
     static const struct option opts[] = {
         {"log-level", required_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},
@@ -31,7 +36,10 @@ int main(int argc, char **argv)
         switch (c) {
         case 'l':
             if (ap_log_parse_level(optarg, &level) != 0) {
-                fprintf(stderr, "archipel-controller: invalid --log-level '%s' (want debug, info, warn, error or off)\n", optarg);
+                fprintf(stderr,
+                        "archipel-controller: invalid --log-level '%s' (want debug, info, warn, "
+                        "error or off)\n",
+                        optarg);
                 return 2;
             }
             break;
@@ -42,7 +50,9 @@ int main(int argc, char **argv)
             printf("archipel-controller %s\n", AP_VERSION);
             return 0;
         default:
-            fprintf(stderr, "archipel-controller: run 'archipel-controller --help' for the list of options\n");
+            fprintf(
+                stderr,
+                "archipel-controller: run 'archipel-controller --help' for the list of options\n");
             return 2;
         }
     }

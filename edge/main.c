@@ -5,6 +5,7 @@
 #include "node.h"
 
 #include <getopt.h>
+#include <signal.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,6 +91,8 @@ static void on_signal(uv_signal_t *h, int signum)
 
 int main(int argc, char **argv)
 {
+    /* A peer that closes mid-write must give EPIPE, not kill the daemon. */
+    signal(SIGPIPE, SIG_IGN);
     enum {
         O_SITE = 256,
         O_REGION,

@@ -1,11 +1,14 @@
-/* api: the regional node's HTTP API (/v1 health, cluster, members, sites) and /metrics. */
+/* api: the regional node's HTTP API (/v1 health, cluster, members, sites, instances, quotas) and
+ * /metrics. */
 #include "node_internal.h"
 
 #include "ap/base.h"
 #include "ap/err.h"
 #include "ap/hlc.h"
 #include "ap/httpc.h"
+#include "ap/instjson.h"
 #include "ap/log.h"
+#include "ap/uuid.h"
 #include "catalog.h"
 #include "site.h"
 
@@ -57,6 +60,41 @@ static void forward_done(int err, struct ap_httpc_resp *resp, const char *errmsg
     ap_free(f);
 }
 
+/*
+ * The query arguments the leader needs, percent-encoded ("?site=a&tenant=b" or
+ * ""). ap_http gives decoded arguments only, so the known ones are rebuilt;
+ * "stale" is never forwarded (a follower answers stale reads itself).
+ */
+static void forwarded_query(struct ap_http_req *req, char *out, size_t n)
+{
+    static const char *const keys[] = {"site", "tenant", "deleted"};
+    static const char hex[] = "0123456789ABCDEF";
+    size_t k = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < AP_ARRAY_LEN(keys); i++) {
+        const char *v = ap_http_req_query(req, keys[i]);
+        if (v == NULL) {
+            continue;
+        }
+        size_t need = 1 + strlen(keys[i]) + 1 + 3 * strlen(v) + 1;
+        if (k + need > n) {
+            break; /* Longer than any valid value: the leader answers without it. */
+        }
+        k += (size_t)snprintf(out + k, n - k, "%c%s=", k == 0 ? '?' : '&', keys[i]);
+        for (const unsigned char *p = (const unsigned char *)v; *p != '\0'; p++) {
+            if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+                *p == '-' || *p == '_' || *p == '.' || *p == '~') {
+                out[k++] = (char)*p;
+            } else {
+                out[k++] = '%';
+                out[k++] = hex[*p >> 4];
+                out[k++] = hex[*p & 15];
+            }
+        }
+        out[k] = '\0';
+    }
+}
+
 /* Send req to the leader and relay its answer. */
 static void forward(struct regional_node *n, struct ap_http_req *req)
 {
@@ -84,7 +122,9 @@ static void forward(struct regional_node *n, struct ap_http_req *req)
     const char *headers[4];
     size_t nh = 0, body_len = 0;
     const uint8_t *body = ap_http_req_body(req, &body_len);
-    snprintf(url, sizeof url, "http://%s%s", leader.http, ap_http_req_path(req));
+    char query[256];
+    forwarded_query(req, query, sizeof query);
+    snprintf(url, sizeof url, "http://%s%s%s", leader.http, ap_http_req_path(req), query);
     snprintf(fwd_hdr, sizeof fwd_hdr, FORWARDED_HEADER ": %" PRIu64, n->cfg.id);
     headers[nh++] = fwd_hdr;
     if (body_len > 0) {
@@ -118,6 +158,7 @@ static void forward(struct regional_node *n, struct ap_http_req *req)
 struct write_ctx {
     struct ap_http_req *req;
     unsigned ok_status;
+    const char *region; /* Added to an object result when not NULL (quota views). */
 };
 
 static void write_done(void *data, struct ap_rsm_result *res)
@@ -128,14 +169,17 @@ static void write_done(void *data, struct ap_rsm_result *res)
     } else {
         json_t *v = res->value;
         res->value = NULL;
+        if (v != NULL && w->region != NULL) {
+            json_object_set_new(v, "region", json_string(w->region));
+        }
         ap_http_reply_json(w->req, w->ok_status, v != NULL ? v : json_object());
     }
     ap_free(w);
 }
 
 /* Propose cmd (taken: freed here) for req, answering ok_status with the result. */
-static void propose_or_forward(struct regional_node *n, struct ap_http_req *req, uint8_t *cmd,
-                               size_t len, unsigned ok_status)
+static void propose_ex(struct regional_node *n, struct ap_http_req *req, uint8_t *cmd, size_t len,
+                       unsigned ok_status, bool add_region)
 {
     struct write_ctx *w = ap_calloc(1, sizeof *w);
     if (w == NULL) {
@@ -145,6 +189,7 @@ static void propose_or_forward(struct regional_node *n, struct ap_http_req *req,
     }
     w->req = req;
     w->ok_status = ok_status;
+    w->region = add_region ? n->cfg.region : NULL;
     int rv = ap_rsm_propose(n->rsm, cmd, len, write_done, w);
     ap_free(cmd);
     if (rv == AP_ENOTLEADER) {
@@ -154,6 +199,12 @@ static void propose_or_forward(struct regional_node *n, struct ap_http_req *req,
         ap_free(w);
         ap_http_reply_err(req, rv, "could not propose the write");
     }
+}
+
+static void propose_or_forward(struct regional_node *n, struct ap_http_req *req, uint8_t *cmd,
+                               size_t len, unsigned ok_status)
+{
+    propose_ex(n, req, cmd, len, ok_status, false);
 }
 
 /* ---- reads: linearizable on the leader (barrier), forwarded from followers, or ?stale=1 ---- */
@@ -334,8 +385,9 @@ static void h_member_remove(struct ap_http_req *req, void *data)
     struct regional_node *n = data;
     const char *ids = ap_http_req_param(req, "id");
     char *end;
-    unsigned long long id = strtoull(ids, &end, 10);
-    if (*end != '\0' || id == 0) {
+    /* strtoull accepts "-1" (as 2^64 - 1) and leading spaces: digits only. */
+    unsigned long long id = ids[0] >= '0' && ids[0] <= '9' ? strtoull(ids, &end, 10) : 0;
+    if (id == 0 || *end != '\0') {
         ap_http_reply_err(req, AP_EINVAL, "member id must be a positive integer");
         return;
     }
@@ -439,6 +491,341 @@ static void h_site_get(struct ap_http_req *req, void *data)
     read_linearizable(data, req, read_site);
 }
 
+/* ---- instances (docs/api.md "Instances") ---- */
+
+/* A create refused for quota: 403 with what was short (docs/api.md). */
+static void reply_quota_exceeded(struct regional_node *n, struct ap_http_req *req,
+                                 const char *tenant, const int64_t need[QUOTA_RES_N],
+                                 const char *message)
+{
+    struct quota_tenant q;
+    enum quota_res r = QUOTA_INSTANCES;
+    json_t *details = NULL;
+    if (catalog__quota_tenant(ap_rsm_store(n->rsm), tenant, &q) == 0) {
+        quota__covers(&q, need, &r);
+        details = json_pack("{s:s, s:s, s:I, s:I, s:I}", "tenant", tenant, "resource",
+                            quota__res_name(r), "limit", (json_int_t)q.limit[r], "unassigned",
+                            (json_int_t)quota__unassigned(&q, r), "needed", (json_int_t)need[r]);
+    }
+    ap_http_reply_error(req, 403, "quota_exceeded", message, details);
+}
+
+struct create_ctx {
+    struct regional_node *n;
+    struct ap_http_req *req;
+    char tenant[AP_INSTREC_NAME_SIZE];
+    int64_t need[QUOTA_RES_N];
+};
+
+static void create_done(void *data, struct ap_rsm_result *res)
+{
+    struct create_ctx *c = data;
+    if (res->status == AP_EQUOTA) {
+        reply_quota_exceeded(c->n, c->req, c->tenant, c->need, res->message);
+    } else if (res->status != 0) {
+        ap_http_reply_err(c->req, res->status, res->message);
+    } else {
+        json_t *v = res->value;
+        res->value = NULL;
+        ap_http_reply_json(c->req, 201, v != NULL ? v : json_object());
+    }
+    ap_free(c);
+}
+
+static void h_instance_create(struct ap_http_req *req, void *data)
+{
+    struct regional_node *n = data;
+    struct ap_instrec rec;
+    char errmsg[AP_ERRMSG_SIZE];
+    if (ap_rsm_role(n->rsm) != AP_RSM_LEADER) {
+        /* The leader names and stamps the instance. */
+        forward(n, req);
+        return;
+    }
+    int rv = ap_instjson_parse_create(ap_http_req_json(req), NULL, &rec, errmsg);
+    if (rv != 0) {
+        ap_http_reply_err(req, rv, errmsg);
+        return;
+    }
+    uint64_t now = ap_hlc_wall_realtime(NULL);
+    rv = ap_uuid_gen_next(&n->uuids, now, rec.id);
+    if (rv != 0) {
+        ap_instrec_clear(&rec);
+        ap_http_reply_err(req, AP_EINTERNAL, "could not generate an instance id");
+        return;
+    }
+    /* docs/catalog.md: the actual state is the site's to write; stamp 0 until it reports. */
+    rec.created = ap_hlc_now(n->hlc);
+    rec.desired = AP_DESIRED_RUNNING;
+    rec.desired_ts = rec.created;
+    rec.actual = AP_ACTUAL_PENDING;
+    uint8_t *cmd;
+    size_t len;
+    rv = catalog__encode_instance_create(&rec, now, &cmd, &len);
+    struct create_ctx *c = rv == 0 ? ap_calloc(1, sizeof *c) : NULL;
+    if (c == NULL) {
+        if (rv == 0) {
+            ap_free(cmd);
+        }
+        ap_instrec_clear(&rec);
+        ap_http_reply_err(req, rv != 0 ? rv : AP_ENOMEM, "could not encode the command");
+        return;
+    }
+    c->n = n;
+    c->req = req;
+    ap_strlcpy(c->tenant, rec.tenant, sizeof c->tenant);
+    c->need[QUOTA_INSTANCES] = 1;
+    c->need[QUOTA_CPU] = rec.cpu_millis;
+    c->need[QUOTA_MEMORY] = rec.memory_mb;
+    ap_instrec_clear(&rec);
+    rv = ap_rsm_propose(n->rsm, cmd, len, create_done, c);
+    ap_free(cmd);
+    if (rv == AP_ENOTLEADER) {
+        ap_free(c);
+        forward(n, req);
+    } else if (rv != 0) {
+        ap_free(c);
+        ap_http_reply_err(req, rv, "could not propose the write");
+    }
+}
+
+/* The {id} of an instance route, or NULL after answering 404. */
+static const char *instance_id(struct regional_node *n, struct ap_http_req *req)
+{
+    const char *id = ap_http_req_param(req, "id");
+    if (id == NULL || !ap_uuid_valid(id)) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "no instance has id '%.64s' in region %s (ids are UUIDs)",
+                 id != NULL ? id : "", n->cfg.region);
+        ap_http_reply_err(req, AP_ENOTFOUND, msg);
+        return NULL;
+    }
+    return id;
+}
+
+static void desire(struct regional_node *n, struct ap_http_req *req, enum ap_desired d)
+{
+    static const char *const none[] = {NULL};
+    char errmsg[AP_ERRMSG_SIZE];
+    const char *id = instance_id(n, req);
+    if (id == NULL) {
+        return;
+    }
+    int rv = ap_http_json_check_fields(ap_http_req_json(req), none, errmsg);
+    if (rv != 0) {
+        ap_http_reply_err(req, rv, errmsg);
+        return;
+    }
+    if (ap_rsm_role(n->rsm) != AP_RSM_LEADER) {
+        forward(n, req);
+        return;
+    }
+    uint8_t *cmd;
+    size_t len;
+    rv = catalog__encode_instance_desire(id, d, ap_hlc_now(n->hlc), ap_hlc_wall_realtime(NULL),
+                                         &cmd, &len);
+    if (rv != 0) {
+        ap_http_reply_err(req, rv, "could not encode the command");
+        return;
+    }
+    propose_or_forward(n, req, cmd, len, 200);
+}
+
+static void h_instance_stop(struct ap_http_req *req, void *data)
+{
+    desire(data, req, AP_DESIRED_STOPPED);
+}
+
+static void h_instance_start(struct ap_http_req *req, void *data)
+{
+    desire(data, req, AP_DESIRED_RUNNING);
+}
+
+static void h_instance_delete(struct ap_http_req *req, void *data)
+{
+    desire(data, req, AP_DESIRED_DELETED);
+}
+
+static bool query_flag(struct ap_http_req *req, const char *name)
+{
+    const char *s = ap_http_req_query(req, name);
+    return s != NULL && (strcmp(s, "1") == 0 || strcmp(s, "true") == 0);
+}
+
+static void read_instances(struct regional_node *n, struct ap_http_req *req)
+{
+    const char *site = ap_http_req_query(req, "site");
+    const char *tenant = ap_http_req_query(req, "tenant");
+    json_t *arr;
+    if ((site != NULL && !site__valid_name(site)) ||
+        (tenant != NULL && !site__valid_name(tenant))) {
+        ap_http_reply_err(req, AP_EINVAL,
+                          site != NULL && !site__valid_name(site)
+                              ? "query 'site' must be a site name"
+                              : "query 'tenant' must be a tenant name");
+        return;
+    }
+    int rv = catalog__instances_list(ap_rsm_store(n->rsm), site, tenant, query_flag(req, "deleted"),
+                                     &arr);
+    if (rv != 0) {
+        ap_http_reply_err(req, rv, "could not read the catalog");
+        return;
+    }
+    ap_http_reply_json(req, 200,
+                       json_pack("{s:o, s:s}", "instances", arr, "region", n->cfg.region));
+}
+
+static void read_instance(struct regional_node *n, struct ap_http_req *req)
+{
+    struct ap_instrec r;
+    const char *id = instance_id(n, req);
+    if (id == NULL) {
+        return;
+    }
+    int rv = catalog__instance_get(ap_rsm_store(n->rsm), id, &r);
+    if (rv == AP_ENOTFOUND) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "instance %s not found in region %s", id, n->cfg.region);
+        ap_http_reply_err(req, rv, msg);
+        return;
+    }
+    if (rv != 0) {
+        ap_http_reply_err(req, rv, "could not read the catalog");
+        return;
+    }
+    json_t *j = ap_instjson_render(&r);
+    ap_instrec_clear(&r);
+    if (j == NULL) {
+        ap_http_reply_err(req, AP_ENOMEM, "out of memory");
+        return;
+    }
+    ap_http_reply_json(req, 200, j);
+}
+
+static void h_instances_list(struct ap_http_req *req, void *data)
+{
+    read_linearizable(data, req, read_instances);
+}
+
+static void h_instance_get(struct ap_http_req *req, void *data)
+{
+    read_linearizable(data, req, read_instance);
+}
+
+/* ---- quotas (docs/api.md "Quotas") ---- */
+
+/* The {tenant} of a quota route, or NULL after answering 400. */
+static const char *quota_tenant(struct ap_http_req *req)
+{
+    const char *t = ap_http_req_param(req, "tenant");
+    if (t == NULL || !site__valid_name(t)) {
+        ap_http_reply_err(req, AP_EINVAL,
+                          "tenant names are 1-63 lowercase letters, digits or '-', not starting "
+                          "or ending with '-'");
+        return NULL;
+    }
+    return t;
+}
+
+/* Read {"instances","cpu_millis","memory_mb"} amounts; present[i] says which were given. */
+static int amounts_from_json(json_t *body, int64_t v[QUOTA_RES_N], bool present[QUOTA_RES_N],
+                             char *errmsg)
+{
+    static const char *const allowed[] = {"instances", "cpu_millis", "memory_mb", NULL};
+    if (body == NULL) {
+        ap_errmsg_set(errmsg,
+                      "a JSON body {\"instances\",\"cpu_millis\",\"memory_mb\"} is required");
+        return AP_EINVAL;
+    }
+    int rv = ap_http_json_check_fields(body, allowed, errmsg);
+    for (int i = 0; rv == 0 && i < QUOTA_RES_N; i++) {
+        const char *key = quota__res_name((enum quota_res)i);
+        v[i] = -1;
+        rv = ap_http_json_get_int(body, key, false, 0, QUOTA_MAX_AMOUNT, &v[i], errmsg);
+        present[i] = v[i] >= 0;
+        if (!present[i]) {
+            v[i] = 0;
+        }
+    }
+    return rv;
+}
+
+static void h_quota_set(struct ap_http_req *req, void *data)
+{
+    struct regional_node *n = data;
+    char errmsg[AP_ERRMSG_SIZE];
+    int64_t limit[QUOTA_RES_N];
+    bool present[QUOTA_RES_N];
+    const char *tenant = quota_tenant(req);
+    if (tenant == NULL) {
+        return;
+    }
+    int rv = amounts_from_json(ap_http_req_json(req), limit, present, errmsg);
+    if (rv != 0) {
+        ap_http_reply_err(req, rv, errmsg);
+        return;
+    }
+    uint8_t *cmd;
+    size_t len;
+    rv = catalog__encode_quota_set(tenant, present, limit, ap_hlc_wall_realtime(NULL), &cmd, &len);
+    if (rv != 0) {
+        ap_http_reply_err(req, rv, "could not encode the command");
+        return;
+    }
+    propose_ex(n, req, cmd, len, 200, true);
+}
+
+static void h_reserve_set(struct ap_http_req *req, void *data)
+{
+    struct regional_node *n = data;
+    char errmsg[AP_ERRMSG_SIZE];
+    int64_t reserve[QUOTA_RES_N];
+    bool present[QUOTA_RES_N];
+    const char *tenant = quota_tenant(req);
+    if (tenant == NULL) {
+        return;
+    }
+    const char *site = ap_http_req_param(req, "site");
+    if (site == NULL || !site__valid_name(site)) {
+        ap_http_reply_err(req, AP_ENOTFOUND, "no site has this name");
+        return;
+    }
+    int rv = amounts_from_json(ap_http_req_json(req), reserve, present, errmsg);
+    if (rv != 0) {
+        ap_http_reply_err(req, rv, errmsg);
+        return;
+    }
+    uint8_t *cmd;
+    size_t len;
+    rv = catalog__encode_reserve_set(tenant, site, reserve, ap_hlc_wall_realtime(NULL), &cmd, &len);
+    if (rv != 0) {
+        ap_http_reply_err(req, rv, "could not encode the command");
+        return;
+    }
+    propose_ex(n, req, cmd, len, 200, true);
+}
+
+static void read_quota(struct regional_node *n, struct ap_http_req *req)
+{
+    json_t *v;
+    const char *tenant = quota_tenant(req);
+    if (tenant == NULL) {
+        return;
+    }
+    int rv = catalog__quota_view(ap_rsm_store(n->rsm), tenant, &v);
+    if (rv != 0) {
+        ap_http_reply_err(req, rv, "could not read the catalog");
+        return;
+    }
+    json_object_set_new(v, "region", json_string(n->cfg.region));
+    ap_http_reply_json(req, 200, v);
+}
+
+static void h_quota_get(struct ap_http_req *req, void *data)
+{
+    read_linearizable(data, req, read_quota);
+}
+
 static void h_metrics(struct ap_http_req *req, void *data)
 {
     struct regional_node *n = data;
@@ -468,6 +855,15 @@ int api__register(struct regional_node *n)
         {"POST", "/v1/sites", h_site_create},
         {"GET", "/v1/sites/{name}", h_site_get},
         {"DELETE", "/v1/sites/{name}", h_site_delete},
+        {"GET", "/v1/instances", h_instances_list},
+        {"POST", "/v1/instances", h_instance_create},
+        {"GET", "/v1/instances/{id}", h_instance_get},
+        {"DELETE", "/v1/instances/{id}", h_instance_delete},
+        {"POST", "/v1/instances/{id}/stop", h_instance_stop},
+        {"POST", "/v1/instances/{id}/start", h_instance_start},
+        {"GET", "/v1/quotas/{tenant}", h_quota_get},
+        {"PUT", "/v1/quotas/{tenant}", h_quota_set},
+        {"PUT", "/v1/quotas/{tenant}/reserves/{site}", h_reserve_set},
         {"GET", "/metrics", h_metrics},
     };
     for (size_t i = 0; i < AP_ARRAY_LEN(routes); i++) {

@@ -4,8 +4,10 @@
 
 #include "ap/base.h"
 #include "ap/err.h"
+#include "ap/instjson.h"
 #include "ap/log.h"
 #include "ap/mp.h"
+#include "ap/uuid.h"
 
 #include <inttypes.h>
 #include <msgpack.h>
@@ -80,14 +82,16 @@ const struct ap_store_migration catalog__migrations[] = {
         "CREATE TABLE quotas("
         " tenant TEXT NOT NULL, resource TEXT NOT NULL, quota_limit INTEGER NOT NULL,"
         " changed_index INTEGER NOT NULL, PRIMARY KEY(tenant, resource));"},
+    /* 3: instances and quotas in use (docs/catalog.md): name lookups per
+     * tenant and site, and rights rows streamed to a site in change order. */
+    {3, "CREATE INDEX instances_by_name ON instances(tenant, site, name);"
+        "CREATE INDEX site_rights_by_change ON site_rights(site, changed_index);"
+        "CREATE INDEX site_rights_by_tenant ON site_rights(tenant, site);"},
 };
 const size_t catalog__n_migrations = AP_ARRAY_LEN(catalog__migrations);
 
 const char *const catalog__tables[] = {"sites",      "quotas", "site_rights", "instances",
                                        "placements", "events", NULL};
-
-/* Largest catalog command; sites are small. */
-#define MAX_COMMAND (64u * 1024u)
 
 static void format_time(int64_t ms, char *buf, size_t n)
 {
@@ -173,6 +177,568 @@ int catalog__encode_site_delta(const char *site, const uint8_t *delta, size_t de
     ap_mp_write_str(&w, "delta");
     ap_mp_write_bin(&w, delta, delta_len);
     return ap_mp_writer_finish(&w, out, len);
+}
+
+int catalog__encode_instance_create(const struct ap_instrec *r, uint64_t at_ms, uint8_t **out,
+                                    size_t *len)
+{
+    struct ap_mp_writer w;
+    ap_mp_writer_init(&w);
+    ap_mp_write_map(&w, 3);
+    ap_mp_write_str(&w, "op");
+    ap_mp_write_str(&w, CATALOG_OP_INST_CREATE);
+    ap_mp_write_str(&w, "rec");
+    ap_instrec_write(&w, r);
+    ap_mp_write_str(&w, "at_ms");
+    ap_mp_write_uint(&w, at_ms);
+    return ap_mp_writer_finish(&w, out, len);
+}
+
+int catalog__encode_instance_desire(const char *id, enum ap_desired d, struct ap_hlc_ts ts,
+                                    uint64_t at_ms, uint8_t **out, size_t *len)
+{
+    struct ap_mp_writer w;
+    ap_mp_writer_init(&w);
+    ap_mp_write_map(&w, 6);
+    ap_mp_write_str(&w, "op");
+    ap_mp_write_str(&w, CATALOG_OP_INST_DESIRE);
+    ap_mp_write_str(&w, "id");
+    ap_mp_write_str(&w, id);
+    ap_mp_write_str(&w, "desired");
+    ap_mp_write_str(&w, ap_desired_name(d));
+    ap_mp_write_str(&w, "ts");
+    ap_mp_write_uint(&w, ap_hlc_pack(ts));
+    ap_mp_write_str(&w, "node");
+    ap_mp_write_uint(&w, ts.node);
+    ap_mp_write_str(&w, "at_ms");
+    ap_mp_write_uint(&w, at_ms);
+    return ap_mp_writer_finish(&w, out, len);
+}
+
+/* A map {"instances":n, "cpu_millis":n, "memory_mb":n} of the resources whose mask bit is set. */
+static void write_amounts(struct ap_mp_writer *w, const bool *mask, const int64_t v[QUOTA_RES_N])
+{
+    uint32_t n = 0;
+    for (int i = 0; i < QUOTA_RES_N; i++) {
+        n += mask == NULL || mask[i] ? 1 : 0;
+    }
+    ap_mp_write_map(w, n);
+    for (int i = 0; i < QUOTA_RES_N; i++) {
+        if (mask == NULL || mask[i]) {
+            ap_mp_write_str(w, quota__res_name((enum quota_res)i));
+            ap_mp_write_int(w, v[i]);
+        }
+    }
+}
+
+int catalog__encode_quota_set(const char *tenant, const bool limited[QUOTA_RES_N],
+                              const int64_t limit[QUOTA_RES_N], uint64_t at_ms, uint8_t **out,
+                              size_t *len)
+{
+    struct ap_mp_writer w;
+    ap_mp_writer_init(&w);
+    ap_mp_write_map(&w, 4);
+    ap_mp_write_str(&w, "op");
+    ap_mp_write_str(&w, CATALOG_OP_QUOTA_SET);
+    ap_mp_write_str(&w, "tenant");
+    ap_mp_write_str(&w, tenant);
+    ap_mp_write_str(&w, "limit");
+    write_amounts(&w, limited, limit);
+    ap_mp_write_str(&w, "at_ms");
+    ap_mp_write_uint(&w, at_ms);
+    return ap_mp_writer_finish(&w, out, len);
+}
+
+int catalog__encode_reserve_set(const char *tenant, const char *site,
+                                const int64_t reserve[QUOTA_RES_N], uint64_t at_ms, uint8_t **out,
+                                size_t *len)
+{
+    struct ap_mp_writer w;
+    ap_mp_writer_init(&w);
+    ap_mp_write_map(&w, 5);
+    ap_mp_write_str(&w, "op");
+    ap_mp_write_str(&w, CATALOG_OP_RESERVE_SET);
+    ap_mp_write_str(&w, "tenant");
+    ap_mp_write_str(&w, tenant);
+    ap_mp_write_str(&w, "site");
+    ap_mp_write_str(&w, site);
+    ap_mp_write_str(&w, "reserve");
+    write_amounts(&w, NULL, reserve);
+    ap_mp_write_str(&w, "at_ms");
+    ap_mp_write_uint(&w, at_ms);
+    return ap_mp_writer_finish(&w, out, len);
+}
+
+int catalog__encode_rights_grant(const char *site, const char *tenant,
+                                 const int64_t want[QUOTA_RES_N], uint64_t at_ms, uint8_t **out,
+                                 size_t *len)
+{
+    struct ap_mp_writer w;
+    ap_mp_writer_init(&w);
+    ap_mp_write_map(&w, 5);
+    ap_mp_write_str(&w, "op");
+    ap_mp_write_str(&w, CATALOG_OP_RIGHTS);
+    ap_mp_write_str(&w, "site");
+    ap_mp_write_str(&w, site);
+    ap_mp_write_str(&w, "tenant");
+    ap_mp_write_str(&w, tenant);
+    ap_mp_write_str(&w, "want");
+    write_amounts(&w, NULL, want);
+    ap_mp_write_str(&w, "at_ms");
+    ap_mp_write_uint(&w, at_ms);
+    return ap_mp_writer_finish(&w, out, len);
+}
+
+/*
+ * Read a map of resource amounts. Keys that are not resources are skipped (a
+ * newer leader's resource); present[] (may be NULL) says which were given.
+ */
+static int read_amounts(const msgpack_object *map, const char *field, int64_t v[QUOTA_RES_N],
+                        bool present[QUOTA_RES_N], char *errmsg)
+{
+    const msgpack_object *m = NULL;
+    int rv = ap_mp_get_map(map, field, &m, 16, false, errmsg);
+    if (rv != 0) {
+        return rv;
+    }
+    for (int i = 0; i < QUOTA_RES_N; i++) {
+        v[i] = 0;
+        if (present != NULL) {
+            present[i] = false;
+        }
+    }
+    for (uint32_t i = 0; m != NULL && i < m->via.map.size; i++) {
+        char key[32], name[64];
+        enum quota_res r;
+        if (ap_mp_as_str(&m->via.map.ptr[i].key, field, key, sizeof key, errmsg) != 0 ||
+            !quota__res_parse(key, &r)) {
+            continue;
+        }
+        snprintf(name, sizeof name, "%s.%s", field, key);
+        rv = ap_mp_as_i64(&m->via.map.ptr[i].val, name, &v[r], 0, QUOTA_MAX_AMOUNT, errmsg);
+        if (rv != 0) {
+            return rv;
+        }
+        if (present != NULL) {
+            present[r] = true;
+        }
+    }
+    return 0;
+}
+
+/* ---- instance rows ---- */
+
+static const char *inst_columns =
+    "SELECT id, tenant, name, site, spec, cpu_millis, memory_mb, created_ts, created_node,"
+    " desired, desired_ts, desired_node, actual, actual_ts, actual_node, pid, exit_code, restarts,"
+    " changed_index FROM instances";
+
+static struct ap_hlc_ts col_ts(sqlite3_stmt *stmt, int i)
+{
+    return ap_hlc_unpack((uint64_t)sqlite3_column_int64(stmt, i),
+                         (uint32_t)sqlite3_column_int64(stmt, i + 1));
+}
+
+/* Fill r from a row of inst_columns; r->spec is ap_malloc'd. */
+static int inst_from_row(sqlite3_stmt *stmt, struct ap_instrec *r)
+{
+    memset(r, 0, sizeof *r);
+    ap_strlcpy(r->id, (const char *)sqlite3_column_text(stmt, 0), sizeof r->id);
+    ap_strlcpy(r->tenant, (const char *)sqlite3_column_text(stmt, 1), sizeof r->tenant);
+    ap_strlcpy(r->name, (const char *)sqlite3_column_text(stmt, 2), sizeof r->name);
+    ap_strlcpy(r->site, (const char *)sqlite3_column_text(stmt, 3), sizeof r->site);
+    r->spec = ap_strdup((const char *)sqlite3_column_text(stmt, 4));
+    r->cpu_millis = sqlite3_column_int64(stmt, 5);
+    r->memory_mb = sqlite3_column_int64(stmt, 6);
+    r->created = col_ts(stmt, 7);
+    ap_desired_parse((const char *)sqlite3_column_text(stmt, 9), &r->desired);
+    r->desired_ts = col_ts(stmt, 10);
+    ap_actual_parse((const char *)sqlite3_column_text(stmt, 12), &r->actual);
+    r->actual_ts = col_ts(stmt, 13);
+    r->pid = sqlite3_column_int64(stmt, 15);
+    r->exit_code = sqlite3_column_int64(stmt, 16);
+    r->restarts = sqlite3_column_int64(stmt, 17);
+    return r->spec != NULL ? 0 : AP_ENOMEM;
+}
+
+/* Insert or replace r, marking the change with the raft index and who made it. */
+static int inst_store(struct ap_store *st, const struct ap_instrec *r, uint64_t index,
+                      const char *changed_by)
+{
+    sqlite3_stmt *stmt;
+    int rv = ap_store_prepare(
+        st,
+        "INSERT OR REPLACE INTO instances(id, tenant, name, site, spec, cpu_millis, memory_mb,"
+        " created_ts, created_node, desired, desired_ts, desired_node, actual, actual_ts,"
+        " actual_node, pid, exit_code, restarts, changed_index, changed_by)"
+        " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)",
+        &stmt);
+    if (rv != 0) {
+        return rv;
+    }
+    ap_store_bind_text(st, stmt, 1, r->id);
+    ap_store_bind_text(st, stmt, 2, r->tenant);
+    ap_store_bind_text(st, stmt, 3, r->name);
+    ap_store_bind_text(st, stmt, 4, r->site);
+    ap_store_bind_text(st, stmt, 5, r->spec != NULL ? r->spec : "{}");
+    ap_store_bind_int64(st, stmt, 6, r->cpu_millis);
+    ap_store_bind_int64(st, stmt, 7, r->memory_mb);
+    ap_store_bind_int64(st, stmt, 8, (int64_t)ap_hlc_pack(r->created));
+    ap_store_bind_int64(st, stmt, 9, r->created.node);
+    ap_store_bind_text(st, stmt, 10, ap_desired_name(r->desired));
+    ap_store_bind_int64(st, stmt, 11, (int64_t)ap_hlc_pack(r->desired_ts));
+    ap_store_bind_int64(st, stmt, 12, r->desired_ts.node);
+    ap_store_bind_text(st, stmt, 13, ap_actual_name(r->actual));
+    ap_store_bind_int64(st, stmt, 14, (int64_t)ap_hlc_pack(r->actual_ts));
+    ap_store_bind_int64(st, stmt, 15, r->actual_ts.node);
+    ap_store_bind_int64(st, stmt, 16, r->pid);
+    ap_store_bind_int64(st, stmt, 17, r->exit_code);
+    ap_store_bind_int64(st, stmt, 18, r->restarts);
+    ap_store_bind_int64(st, stmt, 19, (int64_t)index);
+    ap_store_bind_text(st, stmt, 20, changed_by);
+    return ap_store_step_done(st, stmt);
+}
+
+int catalog__instance_get(struct ap_store *st, const char *id, struct ap_instrec *out)
+{
+    char sql[512];
+    sqlite3_stmt *stmt;
+    snprintf(sql, sizeof sql, "%s WHERE id=?1", inst_columns);
+    int rv = ap_store_prepare(st, sql, &stmt);
+    if (rv != 0) {
+        return rv;
+    }
+    ap_store_bind_text(st, stmt, 1, id);
+    rv = ap_store_step(st, stmt);
+    if (rv != AP_STORE_ROW) {
+        return rv == AP_STORE_DONE ? AP_ENOTFOUND : rv;
+    }
+    rv = inst_from_row(stmt, out);
+    ap_store_reset(stmt);
+    if (rv != 0) {
+        ap_instrec_clear(out);
+    }
+    return rv;
+}
+
+int catalog__instances_list(struct ap_store *st, const char *site, const char *tenant,
+                            bool include_deleted, json_t **out)
+{
+    char sql[768];
+    sqlite3_stmt *stmt;
+    snprintf(sql, sizeof sql,
+             "%s WHERE (?1 IS NULL OR site=?1) AND (?2 IS NULL OR tenant=?2)"
+             " AND (?3 OR desired != 'deleted') ORDER BY created_ts, id",
+             inst_columns);
+    int rv = ap_store_prepare(st, sql, &stmt);
+    if (rv != 0) {
+        return rv;
+    }
+    ap_store_bind_text(st, stmt, 1, site);
+    ap_store_bind_text(st, stmt, 2, tenant);
+    ap_store_bind_int64(st, stmt, 3, include_deleted ? 1 : 0);
+    json_t *arr = json_array();
+    if (arr == NULL) {
+        ap_store_reset(stmt);
+        return AP_ENOMEM;
+    }
+    while ((rv = ap_store_step(st, stmt)) == AP_STORE_ROW) {
+        struct ap_instrec r;
+        json_t *j = NULL;
+        if (inst_from_row(stmt, &r) == 0) {
+            j = ap_instjson_render(&r);
+        }
+        ap_instrec_clear(&r);
+        if (j == NULL || json_array_append_new(arr, j) != 0) {
+            ap_store_reset(stmt);
+            rv = AP_ENOMEM;
+            break;
+        }
+    }
+    if (rv != AP_STORE_DONE) {
+        json_decref(arr);
+        return rv;
+    }
+    *out = arr;
+    return 0;
+}
+
+/* ---- quotas ---- */
+
+int catalog__quota_tenant(struct ap_store *st, const char *tenant, struct quota_tenant *out)
+{
+    sqlite3_stmt *stmt;
+    enum quota_res r;
+    memset(out, 0, sizeof *out);
+    int rv =
+        ap_store_prepare(st, "SELECT resource, quota_limit FROM quotas WHERE tenant=?1", &stmt);
+    if (rv != 0) {
+        return rv;
+    }
+    ap_store_bind_text(st, stmt, 1, tenant);
+    while ((rv = ap_store_step(st, stmt)) == AP_STORE_ROW) {
+        if (quota__res_parse((const char *)sqlite3_column_text(stmt, 0), &r)) {
+            out->limited[r] = true;
+            out->limit[r] = sqlite3_column_int64(stmt, 1);
+        }
+    }
+    if (rv != AP_STORE_DONE) {
+        return rv;
+    }
+    /* docs/catalog.md: a site holds granted - returned; a site that returned
+     * more than it was granted (never, unless corrupt) holds nothing. */
+    rv = ap_store_prepare(st,
+                          "SELECT resource, sum(max(granted - returned, 0)) FROM site_rights"
+                          " WHERE tenant=?1 GROUP BY resource",
+                          &stmt);
+    if (rv != 0) {
+        return rv;
+    }
+    ap_store_bind_text(st, stmt, 1, tenant);
+    while ((rv = ap_store_step(st, stmt)) == AP_STORE_ROW) {
+        if (quota__res_parse((const char *)sqlite3_column_text(stmt, 0), &r)) {
+            out->assigned[r] = sqlite3_column_int64(stmt, 1);
+        }
+    }
+    return rv == AP_STORE_DONE ? 0 : rv;
+}
+
+static json_t *amounts_json(const int64_t v[QUOTA_RES_N], const bool *present)
+{
+    json_t *o = json_object();
+    for (int i = 0; o != NULL && i < QUOTA_RES_N; i++) {
+        json_object_set_new(o, quota__res_name((enum quota_res)i),
+                            present == NULL || present[i] ? json_integer(v[i]) : json_null());
+    }
+    return o;
+}
+
+/* One site's rights and usage in a quota view. */
+struct holder {
+    char site[SITE_NAME_MAX + 1];
+    int64_t granted[QUOTA_RES_N], returned[QUOTA_RES_N], reserve[QUOTA_RES_N], usage[QUOTA_RES_N];
+};
+
+static struct holder *holder_for(struct holder **hs, size_t *n, const char *site)
+{
+    for (size_t i = 0; i < *n; i++) {
+        if (strcmp((*hs)[i].site, site) == 0) {
+            return &(*hs)[i];
+        }
+    }
+    struct holder *grown = ap_realloc(*hs, (*n + 1) * sizeof *grown);
+    if (grown == NULL) {
+        return NULL;
+    }
+    *hs = grown;
+    struct holder *h = &grown[(*n)++];
+    memset(h, 0, sizeof *h);
+    ap_strlcpy(h->site, site, sizeof h->site);
+    return h;
+}
+
+int catalog__quota_view(struct ap_store *st, const char *tenant, json_t **out)
+{
+    struct quota_tenant q;
+    struct holder *hs = NULL;
+    size_t nh = 0;
+    sqlite3_stmt *stmt;
+    enum quota_res r;
+    int rv = catalog__quota_tenant(st, tenant, &q);
+    if (rv != 0) {
+        return rv;
+    }
+    /* Holders in site order: rights rows first, then sites that only have instances. */
+    rv = ap_store_prepare(st,
+                          "SELECT site, resource, granted, returned, reserve FROM site_rights"
+                          " WHERE tenant=?1 ORDER BY site, resource",
+                          &stmt);
+    if (rv != 0) {
+        return rv;
+    }
+    ap_store_bind_text(st, stmt, 1, tenant);
+    while ((rv = ap_store_step(st, stmt)) == AP_STORE_ROW) {
+        struct holder *h = holder_for(&hs, &nh, (const char *)sqlite3_column_text(stmt, 0));
+        if (h == NULL) {
+            ap_store_reset(stmt);
+            rv = AP_ENOMEM;
+            break;
+        }
+        if (quota__res_parse((const char *)sqlite3_column_text(stmt, 1), &r)) {
+            h->granted[r] = sqlite3_column_int64(stmt, 2);
+            h->returned[r] = sqlite3_column_int64(stmt, 3);
+            h->reserve[r] = sqlite3_column_int64(stmt, 4);
+        }
+    }
+    if (rv == AP_STORE_DONE) {
+        rv = ap_store_prepare(
+            st,
+            "SELECT site, count(*), sum(cpu_millis), sum(memory_mb) FROM instances"
+            " WHERE tenant=?1 AND desired != 'deleted' GROUP BY site ORDER BY site",
+            &stmt);
+    }
+    if (rv == 0) {
+        ap_store_bind_text(st, stmt, 1, tenant);
+        while ((rv = ap_store_step(st, stmt)) == AP_STORE_ROW) {
+            struct holder *h = holder_for(&hs, &nh, (const char *)sqlite3_column_text(stmt, 0));
+            if (h == NULL) {
+                ap_store_reset(stmt);
+                rv = AP_ENOMEM;
+                break;
+            }
+            for (int i = 0; i < QUOTA_RES_N; i++) {
+                h->usage[i] = sqlite3_column_int64(stmt, 1 + i);
+            }
+        }
+    }
+    if (rv != AP_STORE_DONE) {
+        ap_free(hs);
+        return rv;
+    }
+    int64_t usage[QUOTA_RES_N] = {0}, unassigned[QUOTA_RES_N];
+    json_t *holders = json_array();
+    for (size_t i = 0; i < nh; i++) {
+        int64_t held[QUOTA_RES_N];
+        for (int k = 0; k < QUOTA_RES_N; k++) {
+            usage[k] += hs[i].usage[k];
+            held[k] = hs[i].granted[k] - hs[i].returned[k];
+            held[k] = held[k] > 0 ? held[k] : 0;
+        }
+        json_array_append_new(
+            holders, json_pack("{s:s, s:o, s:o, s:o, s:o, s:o}", "site", hs[i].site, "granted",
+                               amounts_json(hs[i].granted, NULL), "returned",
+                               amounts_json(hs[i].returned, NULL), "held", amounts_json(held, NULL),
+                               "reserve", amounts_json(hs[i].reserve, NULL), "usage",
+                               amounts_json(hs[i].usage, NULL)));
+    }
+    ap_free(hs);
+    for (int k = 0; k < QUOTA_RES_N; k++) {
+        unassigned[k] = quota__unassigned(&q, (enum quota_res)k);
+    }
+    *out = json_pack("{s:s, s:o, s:o, s:o, s:o, s:o}", "tenant", tenant, "limit",
+                     amounts_json(q.limit, q.limited), "usage", amounts_json(usage, NULL),
+                     "assigned", amounts_json(q.assigned, NULL), "unassigned",
+                     amounts_json(unassigned, q.limited), "holders", holders);
+    return *out != NULL ? 0 : AP_ENOMEM;
+}
+
+/* ---- the site link's view: what a site has not seen yet ---- */
+
+int catalog__delta_for_site(struct ap_store *st, const char *site, uint64_t after, size_t max,
+                            uint8_t **body, size_t *len, uint64_t *to, size_t *count)
+{
+    sqlite3_stmt *stmt;
+    char sql[768];
+    uint64_t upto = INT64_MAX;
+    int rv;
+    *to = after;
+    *count = 0;
+    /* docs/edge.md: rows are sent in raft-index order, and one delta never
+     * splits the rows of one entry, so the site's `applied` is exact. The
+     * cut is the index of the max-th changed row; every row of that index
+     * goes in, so a delta may hold a few more than max rows. */
+    rv = ap_store_prepare(st,
+                          "SELECT changed_index FROM (SELECT changed_index FROM instances"
+                          " WHERE site=?1 AND changed_index > ?2 AND changed_by != ?1"
+                          " UNION ALL SELECT changed_index FROM site_rights"
+                          " WHERE site=?1 AND changed_index > ?2 AND changed_by != ?1)"
+                          " ORDER BY changed_index LIMIT 1 OFFSET ?3",
+                          &stmt);
+    if (rv != 0) {
+        return rv;
+    }
+    ap_store_bind_text(st, stmt, 1, site);
+    ap_store_bind_int64(st, stmt, 2, (int64_t)after);
+    ap_store_bind_int64(st, stmt, 3, max > 0 ? (int64_t)max - 1 : 0);
+    rv = ap_store_step(st, stmt);
+    if (rv == AP_STORE_ROW) {
+        upto = (uint64_t)sqlite3_column_int64(stmt, 0);
+        ap_store_reset(stmt);
+    } else if (rv != AP_STORE_DONE) {
+        return rv;
+    }
+
+    /* Records go to their own writers; the arrays' lengths are known at the end. */
+    struct ap_mp_writer wi, wr, w;
+    size_t n_inst = 0, n_rights = 0;
+    ap_mp_writer_init(&wi);
+    ap_mp_writer_init(&wr);
+    snprintf(sql, sizeof sql,
+             "%s WHERE site=?1 AND changed_index > ?2 AND changed_index <= ?3 AND changed_by != ?1"
+             " ORDER BY changed_index, id",
+             inst_columns);
+    rv = ap_store_prepare(st, sql, &stmt);
+    if (rv == 0) {
+        ap_store_bind_text(st, stmt, 1, site);
+        ap_store_bind_int64(st, stmt, 2, (int64_t)after);
+        ap_store_bind_int64(st, stmt, 3, (int64_t)upto);
+        while ((rv = ap_store_step(st, stmt)) == AP_STORE_ROW) {
+            struct ap_instrec r;
+            uint64_t ci = (uint64_t)sqlite3_column_int64(stmt, 18);
+            if (inst_from_row(stmt, &r) != 0) {
+                ap_instrec_clear(&r);
+                ap_store_reset(stmt);
+                rv = AP_ENOMEM;
+                break;
+            }
+            ap_instrec_write(&wi, &r);
+            ap_instrec_clear(&r);
+            *to = ci > *to ? ci : *to;
+            n_inst++;
+        }
+    }
+    if (rv == AP_STORE_DONE) {
+        rv = ap_store_prepare(st,
+                              "SELECT tenant, resource, granted, returned, reserve, changed_index"
+                              " FROM site_rights WHERE site=?1 AND changed_index > ?2"
+                              " AND changed_index <= ?3 AND changed_by != ?1"
+                              " ORDER BY changed_index, tenant, resource",
+                              &stmt);
+    }
+    if (rv == 0) {
+        ap_store_bind_text(st, stmt, 1, site);
+        ap_store_bind_int64(st, stmt, 2, (int64_t)after);
+        ap_store_bind_int64(st, stmt, 3, (int64_t)upto);
+        while ((rv = ap_store_step(st, stmt)) == AP_STORE_ROW) {
+            uint64_t ci = (uint64_t)sqlite3_column_int64(stmt, 5);
+            ap_mp_write_map(&wr, 5);
+            ap_mp_write_str(&wr, "tenant");
+            ap_mp_write_str(&wr, (const char *)sqlite3_column_text(stmt, 0));
+            ap_mp_write_str(&wr, "res");
+            ap_mp_write_str(&wr, (const char *)sqlite3_column_text(stmt, 1));
+            ap_mp_write_str(&wr, "granted");
+            ap_mp_write_int(&wr, sqlite3_column_int64(stmt, 2));
+            ap_mp_write_str(&wr, "returned");
+            ap_mp_write_int(&wr, sqlite3_column_int64(stmt, 3));
+            ap_mp_write_str(&wr, "reserve");
+            ap_mp_write_int(&wr, sqlite3_column_int64(stmt, 4));
+            *to = ci > *to ? ci : *to;
+            n_rights++;
+        }
+    }
+    if (rv != AP_STORE_DONE || wi.err != 0 || wr.err != 0) {
+        rv = rv != AP_STORE_DONE ? rv : (wi.err != 0 ? wi.err : wr.err);
+        ap_mp_writer_destroy(&wi);
+        ap_mp_writer_destroy(&wr);
+        *to = after;
+        return rv;
+    }
+    ap_mp_writer_init(&w);
+    ap_mp_write_map(&w, 4);
+    ap_mp_write_str(&w, "from");
+    ap_mp_write_uint(&w, after);
+    ap_mp_write_str(&w, "inst");
+    ap_mp_write_array(&w, (uint32_t)n_inst);
+    ap_mp_write_raw(&w, wi.sbuf.data, wi.sbuf.size);
+    ap_mp_write_str(&w, "rights");
+    ap_mp_write_array(&w, (uint32_t)n_rights);
+    ap_mp_write_raw(&w, wr.sbuf.data, wr.sbuf.size);
+    ap_mp_write_str(&w, "to");
+    ap_mp_write_uint(&w, *to);
+    ap_mp_writer_destroy(&wi);
+    ap_mp_writer_destroy(&wr);
+    *count = n_inst + n_rights;
+    return ap_mp_writer_finish(&w, body, len);
 }
 
 int catalog__site_link_info(struct ap_store *st, const char *site, struct catalog_link_info *out)
@@ -517,13 +1083,636 @@ static void apply_site_state(struct ap_store *st, uint64_t index, const msgpack_
     }
 }
 
+/* Add amount[] to site's granted rights of tenant (docs/catalog.md "Quotas"). */
+static int grant_rights(struct ap_store *st, uint64_t index, const char *site, const char *tenant,
+                        const int64_t amount[QUOTA_RES_N])
+{
+    sqlite3_stmt *stmt;
+    for (int i = 0; i < QUOTA_RES_N; i++) {
+        if (amount[i] <= 0) {
+            continue;
+        }
+        int rv = ap_store_prepare(st,
+                                  "INSERT INTO site_rights(site, tenant, resource, granted,"
+                                  " changed_index, changed_by) VALUES(?1, ?2, ?3, ?4, ?5, '')"
+                                  " ON CONFLICT(site, tenant, resource) DO UPDATE SET"
+                                  " granted=granted+?4, changed_index=?5, changed_by=''",
+                                  &stmt);
+        if (rv != 0) {
+            return rv;
+        }
+        ap_store_bind_text(st, stmt, 1, site);
+        ap_store_bind_text(st, stmt, 2, tenant);
+        ap_store_bind_text(st, stmt, 3, quota__res_name((enum quota_res)i));
+        ap_store_bind_int64(st, stmt, 4, amount[i]);
+        ap_store_bind_int64(st, stmt, 5, (int64_t)index);
+        if ((rv = ap_store_step_done(st, stmt)) != 0) {
+            return rv;
+        }
+    }
+    return 0;
+}
+
+/* "tenant acme: cpu_millis quota exceeded: limit 4000, 300 unassigned, 500 needed". */
+static void quota_message(char *errmsg, const char *tenant, const struct quota_tenant *q,
+                          enum quota_res r, const int64_t need[QUOTA_RES_N])
+{
+    ap_errmsg_set(errmsg,
+                  "tenant %s: %s quota exceeded: regional limit %" PRId64 ", %" PRId64
+                  " not yet assigned to sites, %" PRId64 " needed",
+                  tenant, quota__res_name(r), q->limit[r], quota__unassigned(q, r), need[r]);
+}
+
+/*
+ * Grant every site of tenant the part of its autonomy reserve it lacks, as
+ * far as the unassigned quota goes, sites in name order (docs/catalog.md).
+ */
+static int top_up_reserves(struct ap_store *st, uint64_t index, const char *tenant)
+{
+    struct row {
+        char site[SITE_NAME_MAX + 1];
+        int64_t held[QUOTA_RES_N], reserve[QUOTA_RES_N];
+    } *rows = NULL;
+    size_t n = 0;
+    sqlite3_stmt *stmt;
+    enum quota_res r;
+    int rv = ap_store_prepare(st,
+                              "SELECT site, resource, granted - returned, reserve FROM site_rights"
+                              " WHERE tenant=?1 ORDER BY site",
+                              &stmt);
+    if (rv != 0) {
+        return rv;
+    }
+    ap_store_bind_text(st, stmt, 1, tenant);
+    while ((rv = ap_store_step(st, stmt)) == AP_STORE_ROW) {
+        const char *site = (const char *)sqlite3_column_text(stmt, 0);
+        if (n == 0 || strcmp(rows[n - 1].site, site) != 0) {
+            struct row *grown = ap_realloc(rows, (n + 1) * sizeof *grown);
+            if (grown == NULL) {
+                ap_store_reset(stmt);
+                rv = AP_ENOMEM;
+                break;
+            }
+            rows = grown;
+            memset(&rows[n], 0, sizeof rows[n]);
+            ap_strlcpy(rows[n].site, site, sizeof rows[n].site);
+            n++;
+        }
+        if (quota__res_parse((const char *)sqlite3_column_text(stmt, 1), &r)) {
+            rows[n - 1].held[r] = sqlite3_column_int64(stmt, 2);
+            rows[n - 1].reserve[r] = sqlite3_column_int64(stmt, 3);
+        }
+    }
+    if (rv != AP_STORE_DONE) {
+        ap_free(rows);
+        return rv;
+    }
+    struct quota_tenant q;
+    rv = catalog__quota_tenant(st, tenant, &q);
+    for (size_t i = 0; rv == 0 && i < n; i++) {
+        int64_t grant[QUOTA_RES_N];
+        quota__reserve_grant(&q, rows[i].held, rows[i].reserve, grant);
+        rv = grant_rights(st, index, rows[i].site, tenant, grant);
+        for (int k = 0; k < QUOTA_RES_N; k++) {
+            q.assigned[k] += grant[k];
+        }
+    }
+    ap_free(rows);
+    return rv;
+}
+
+static bool site_exists(struct ap_store *st, const char *site, int *rv)
+{
+    struct catalog_link_info info;
+    *rv = catalog__site_link_info(st, site, &info);
+    if (*rv == AP_ENOTFOUND) {
+        *rv = 0;
+        return false;
+    }
+    return *rv == 0;
+}
+
+static void apply_inst_create(struct ap_store *st, uint64_t index, const msgpack_object *cmd,
+                              struct ap_rsm_result *res)
+{
+    struct ap_instrec r;
+    uint64_t at_ms = 0;
+    int rv = ap_mp_get_u64(cmd, "at_ms", &at_ms, INT64_MAX, true, res->message);
+    if (rv == 0) {
+        rv = ap_instrec_read(ap_mp_find(cmd, "rec"), &r, res->message);
+        if (rv != 0) {
+            ap_errmsg_wrap(res->message, "field 'rec'");
+        }
+    }
+    if (rv != 0) {
+        res->status = rv;
+        return;
+    }
+    if (!ap_uuid_valid(r.id) || !site__valid_name(r.tenant) || !site__valid_name(r.name) ||
+        !site__valid_name(r.site)) {
+        res->status = AP_EINVAL;
+        ap_errmsg_set(res->message, "instance record: invalid id, tenant, name or site");
+        goto done;
+    }
+    if (!site_exists(st, r.site, &rv)) {
+        res->status = rv != 0 ? rv : AP_ENOTFOUND;
+        ap_errmsg_set(res->message, "site '%s' not found", r.site);
+        goto done;
+    }
+    sqlite3_stmt *stmt;
+    rv = ap_store_prepare(st,
+                          "SELECT 'name' FROM instances WHERE tenant=?1 AND site=?2 AND name=?3"
+                          " AND desired != 'deleted' UNION ALL SELECT 'id' FROM instances"
+                          " WHERE id=?4 LIMIT 1",
+                          &stmt);
+    if (rv == 0) {
+        ap_store_bind_text(st, stmt, 1, r.tenant);
+        ap_store_bind_text(st, stmt, 2, r.site);
+        ap_store_bind_text(st, stmt, 3, r.name);
+        ap_store_bind_text(st, stmt, 4, r.id);
+        rv = ap_store_step(st, stmt);
+        if (rv == AP_STORE_ROW) {
+            bool by_id = strcmp((const char *)sqlite3_column_text(stmt, 0), "id") == 0;
+            ap_store_reset(stmt);
+            res->status = AP_EEXIST;
+            if (by_id) {
+                ap_errmsg_set(res->message, "an instance with id %s already exists", r.id);
+            } else {
+                ap_errmsg_set(res->message,
+                              "tenant %s already has an instance named '%s' on site %s", r.tenant,
+                              r.name, r.site);
+            }
+            goto done;
+        }
+    }
+    /* docs/edge.md: a region create grants the site fresh rights for exactly
+     * this instance, in the same entry, from the tenant's unassigned quota. */
+    int64_t need[QUOTA_RES_N] = {1, r.cpu_millis, r.memory_mb};
+    struct quota_tenant q;
+    enum quota_res short_res;
+    if (rv == AP_STORE_DONE) {
+        rv = catalog__quota_tenant(st, r.tenant, &q);
+    }
+    if (rv == 0 && !quota__covers(&q, need, &short_res)) {
+        res->status = AP_EQUOTA;
+        quota_message(res->message, r.tenant, &q, short_res, need);
+        goto done;
+    }
+    if (rv == 0) {
+        rv = inst_store(st, &r, index, "");
+    }
+    if (rv == 0) {
+        rv = grant_rights(st, index, r.site, r.tenant, need);
+    }
+    if (rv == 0) {
+        char detail[256];
+        snprintf(detail, sizeof detail, "{\"tenant\":\"%s\",\"site\":\"%s\",\"name\":\"%s\"}",
+                 r.tenant, r.site, r.name);
+        rv = log_event(st, index, at_ms, "instance_created", r.id, detail);
+    }
+    if (rv != 0) {
+        res->status = rv;
+        ap_errmsg_set(res->message, "create instance: %s", ap_store_errmsg(st));
+        goto done;
+    }
+    res->value = ap_instjson_render(&r);
+done:
+    ap_instrec_clear(&r);
+}
+
+static void apply_inst_desire(struct ap_store *st, uint64_t index, const msgpack_object *cmd,
+                              struct ap_rsm_result *res)
+{
+    char id[AP_INSTREC_ID_SIZE], desired[16];
+    uint64_t at_ms = 0, packed = 0, node = 0;
+    enum ap_desired d;
+    struct ap_instrec r;
+    int rv;
+    if ((rv = ap_mp_get_str(cmd, "id", id, sizeof id, true, res->message)) != 0 ||
+        (rv = ap_mp_get_str(cmd, "desired", desired, sizeof desired, true, res->message)) != 0 ||
+        (rv = ap_mp_get_u64(cmd, "ts", &packed, INT64_MAX, true, res->message)) != 0 ||
+        (rv = ap_mp_get_u64(cmd, "node", &node, UINT32_MAX, true, res->message)) != 0 ||
+        (rv = ap_mp_get_u64(cmd, "at_ms", &at_ms, INT64_MAX, true, res->message)) != 0) {
+        res->status = rv;
+        return;
+    }
+    if (ap_desired_parse(desired, &d) != 0) {
+        res->status = AP_EINVAL;
+        ap_errmsg_set(res->message, "unknown desired state '%s'", desired);
+        return;
+    }
+    rv = catalog__instance_get(st, id, &r);
+    if (rv != 0) {
+        res->status = rv;
+        ap_errmsg_set(res->message,
+                      rv == AP_ENOTFOUND ? "instance %s not found" : "instance %s: %s", id,
+                      ap_store_errmsg(st));
+        return;
+    }
+    if (r.desired == AP_DESIRED_DELETED) {
+        /* docs/merge-rules.md: delete dominates; deleting again is a no-op. */
+        if (d != AP_DESIRED_DELETED) {
+            res->status = AP_ECONFLICT;
+            ap_errmsg_set(res->message, "instance %s is deleted", id);
+        } else {
+            res->value = ap_instjson_render(&r);
+        }
+        ap_instrec_clear(&r);
+        return;
+    }
+    /* The region acknowledges this write as the latest it knows of: order it
+     * after the stored stamp even if the leader's clock is behind a site's. */
+    struct ap_hlc_ts ts = ap_hlc_unpack(packed, (uint32_t)node);
+    if (ap_hlc_compare(ts, r.desired_ts) <= 0) {
+        ts = r.desired_ts;
+        ts.node = (uint32_t)node;
+        if (ts.logical == AP_HLC_LOGICAL_MAX) {
+            ts.physical_ms++;
+            ts.logical = 0;
+        } else {
+            ts.logical++;
+        }
+    }
+    ap_instrec_set_desired(&r, d, ts);
+    rv = inst_store(st, &r, index, "");
+    if (rv == 0 && d == AP_DESIRED_DELETED) {
+        rv = log_event(st, index, at_ms, "instance_deleted", id, "{}");
+    }
+    if (rv != 0) {
+        res->status = rv;
+        ap_errmsg_set(res->message, "instance %s: %s", id, ap_store_errmsg(st));
+    } else {
+        res->value = ap_instjson_render(&r);
+    }
+    ap_instrec_clear(&r);
+}
+
+/* Merge one instance record from site's delta (docs/edge.md). *merged says whether it was taken. */
+static int merge_site_record(struct ap_store *st, uint64_t index, const char *site,
+                             const struct ap_instrec *in, bool *taken)
+{
+    struct ap_instrec cur;
+    *taken = false;
+    if (strcmp(in->site, site) != 0 || !ap_uuid_valid(in->id)) {
+        return 0; /* A site writes only its own records. */
+    }
+    int rv = catalog__instance_get(st, in->id, &cur);
+    if (rv == AP_ENOTFOUND) {
+        *taken = true;
+        return inst_store(st, in, index, site);
+    }
+    if (rv != 0) {
+        return rv;
+    }
+    if (strcmp(cur.site, site) == 0) {
+        *taken = true;
+        /* Unchanged rows are left alone (a replay changes nothing); a changed
+         * row is echoed back unless it is exactly what the site sent. */
+        if (ap_instrec_merge(&cur, in)) {
+            rv = inst_store(st, &cur, index, ap_instrec_equal(&cur, in) ? site : "");
+        }
+    }
+    ap_instrec_clear(&cur);
+    return rv;
+}
+
+/* Merge one rights row of site's delta: the site is the only writer of returned. */
+static int merge_site_rights(struct ap_store *st, uint64_t index, const char *site,
+                             const msgpack_object *o, char *tenant, size_t tenant_size, bool *taken,
+                             bool *changed)
+{
+    char res_name[32];
+    int64_t granted = 0, returned = 0, reserve = 0;
+    enum quota_res r;
+    *taken = false;
+    *changed = false;
+    if (ap_mp_get_str(o, "tenant", tenant, tenant_size, true, NULL) != 0 ||
+        ap_mp_get_str(o, "res", res_name, sizeof res_name, true, NULL) != 0 ||
+        ap_mp_get_i64(o, "returned", &returned, 0, INT64_MAX, true, NULL) != 0 ||
+        ap_mp_get_i64(o, "granted", &granted, 0, INT64_MAX, false, NULL) != 0 ||
+        ap_mp_get_i64(o, "reserve", &reserve, 0, INT64_MAX, false, NULL) != 0 ||
+        !quota__res_parse(res_name, &r) || !site__valid_name(tenant)) {
+        return 0;
+    }
+    sqlite3_stmt *stmt;
+    int rv = ap_store_prepare(st,
+                              "SELECT granted, returned, reserve FROM site_rights"
+                              " WHERE site=?1 AND tenant=?2 AND resource=?3",
+                              &stmt);
+    if (rv != 0) {
+        return rv;
+    }
+    ap_store_bind_text(st, stmt, 1, site);
+    ap_store_bind_text(st, stmt, 2, tenant);
+    ap_store_bind_text(st, stmt, 3, res_name);
+    int64_t cur_granted = 0, cur_returned = 0, cur_reserve = 0;
+    rv = ap_store_step(st, stmt);
+    if (rv == AP_STORE_ROW) {
+        cur_granted = sqlite3_column_int64(stmt, 0);
+        cur_returned = sqlite3_column_int64(stmt, 1);
+        cur_reserve = sqlite3_column_int64(stmt, 2);
+        ap_store_reset(stmt);
+    } else if (rv != AP_STORE_DONE) {
+        return rv;
+    }
+    *taken = true;
+    if (returned <= cur_returned) {
+        return 0; /* Nothing new (a replay, or an older row). */
+    }
+    *changed = true;
+    bool same = granted == cur_granted && reserve == cur_reserve;
+    rv = ap_store_prepare(st,
+                          "INSERT INTO site_rights(site, tenant, resource, returned, changed_index,"
+                          " changed_by) VALUES(?1, ?2, ?3, ?4, ?5, ?6)"
+                          " ON CONFLICT(site, tenant, resource) DO UPDATE SET"
+                          " returned=?4, changed_index=?5, changed_by=?6",
+                          &stmt);
+    if (rv != 0) {
+        return rv;
+    }
+    ap_store_bind_text(st, stmt, 1, site);
+    ap_store_bind_text(st, stmt, 2, tenant);
+    ap_store_bind_text(st, stmt, 3, res_name);
+    ap_store_bind_int64(st, stmt, 4, returned);
+    ap_store_bind_int64(st, stmt, 5, (int64_t)index);
+    ap_store_bind_text(st, stmt, 6, same ? site : "");
+    return ap_store_step_done(st, stmt);
+}
+
+#define DELTA_MAX_RECORDS 100000
+
+static void apply_site_delta(struct ap_store *st, uint64_t index, const msgpack_object *cmd,
+                             struct ap_rsm_result *res)
+{
+    char site[SITE_NAME_MAX + 1];
+    const uint8_t *body = NULL;
+    size_t body_len = 0;
+    msgpack_unpacked up;
+    const msgpack_object *inst = NULL, *rights = NULL;
+    uint64_t to = 0;
+    int rv;
+    if ((rv = ap_mp_get_str(cmd, "name", site, sizeof site, true, res->message)) != 0 ||
+        (rv = ap_mp_get_bin(cmd, "delta", &body, &body_len, CATALOG_MAX_COMMAND, true,
+                            res->message)) != 0) {
+        res->status = rv;
+        return;
+    }
+    if (!site_exists(st, site, &rv)) {
+        res->status = rv != 0 ? rv : AP_ENOTFOUND;
+        ap_errmsg_set(res->message, "site '%s' not found", site);
+        return;
+    }
+    if ((rv = ap_mp_unpack(body, body_len, CATALOG_MAX_COMMAND, &up, res->message)) != 0) {
+        ap_errmsg_wrap(res->message, "delta of site %s", site);
+        res->status = rv;
+        return;
+    }
+    if ((rv = ap_mp_get_u64(&up.data, "to", &to, INT64_MAX, false, res->message)) != 0 ||
+        (rv = ap_mp_get_array(&up.data, "inst", &inst, DELTA_MAX_RECORDS, false, res->message)) !=
+            0 ||
+        (rv = ap_mp_get_array(&up.data, "rights", &rights, DELTA_MAX_RECORDS, false,
+                              res->message)) != 0) {
+        ap_errmsg_wrap(res->message, "delta of site %s", site);
+        res->status = rv;
+        msgpack_unpacked_destroy(&up);
+        return;
+    }
+    size_t applied = 0, skipped = 0, n_tenants = 0;
+    char(*tenants)[AP_INSTREC_NAME_SIZE] = NULL;
+    for (uint32_t i = 0; rv == 0 && inst != NULL && i < inst->via.array.size; i++) {
+        struct ap_instrec r;
+        bool taken = false;
+        /* A malformed record is skipped, identically on every replica: the
+         * rest of the delta still applies and the site is not stuck on it. */
+        if (ap_instrec_read(&inst->via.array.ptr[i], &r, NULL) == 0) {
+            rv = merge_site_record(st, index, site, &r, &taken);
+        }
+        ap_instrec_clear(&r);
+        taken ? applied++ : skipped++;
+    }
+    for (uint32_t i = 0; rv == 0 && rights != NULL && i < rights->via.array.size; i++) {
+        char tenant[AP_INSTREC_NAME_SIZE];
+        bool taken = false, changed = false;
+        rv = merge_site_rights(st, index, site, &rights->via.array.ptr[i], tenant, sizeof tenant,
+                               &taken, &changed);
+        if (rv != 0 || !taken) {
+            skipped++;
+            continue;
+        }
+        applied++;
+        if (!changed) {
+            continue;
+        }
+        size_t k = 0;
+        while (k < n_tenants && strcmp(tenants[k], tenant) != 0) {
+            k++;
+        }
+        if (k == n_tenants) {
+            char(*grown)[AP_INSTREC_NAME_SIZE] = ap_realloc(tenants, (k + 1) * sizeof *grown);
+            if (grown == NULL) {
+                rv = AP_ENOMEM;
+                break;
+            }
+            tenants = grown;
+            ap_strlcpy(tenants[n_tenants++], tenant, sizeof tenants[0]);
+        }
+    }
+    msgpack_unpacked_destroy(&up);
+    /* Rights a site gave back can fill other sites' autonomy reserves. */
+    for (size_t k = 0; rv == 0 && k < n_tenants; k++) {
+        rv = top_up_reserves(st, index, tenants[k]);
+    }
+    ap_free(tenants);
+    sqlite3_stmt *stmt;
+    if (rv == 0) {
+        rv = ap_store_prepare(
+            st, "UPDATE sites SET site_seq_applied=max(site_seq_applied, ?2) WHERE name=?1", &stmt);
+    }
+    if (rv == 0) {
+        ap_store_bind_text(st, stmt, 1, site);
+        ap_store_bind_int64(st, stmt, 2, (int64_t)to);
+        rv = ap_store_step_done(st, stmt);
+    }
+    if (rv != 0) {
+        res->status = rv;
+        ap_errmsg_set(res->message, "delta of site %s: %s", site, ap_store_errmsg(st));
+        return;
+    }
+    res->value = json_pack("{s:s, s:I, s:I, s:I}", "site", site, "to", (json_int_t)to, "applied",
+                           (json_int_t)applied, "skipped", (json_int_t)skipped);
+}
+
+static void apply_quota_set(struct ap_store *st, uint64_t index, const msgpack_object *cmd,
+                            struct ap_rsm_result *res)
+{
+    char tenant[AP_INSTREC_NAME_SIZE];
+    int64_t limit[QUOTA_RES_N];
+    bool present[QUOTA_RES_N];
+    uint64_t at_ms = 0;
+    int rv;
+    if ((rv = ap_mp_get_str(cmd, "tenant", tenant, sizeof tenant, true, res->message)) != 0 ||
+        (rv = read_amounts(cmd, "limit", limit, present, res->message)) != 0 ||
+        (rv = ap_mp_get_u64(cmd, "at_ms", &at_ms, INT64_MAX, true, res->message)) != 0) {
+        res->status = rv;
+        return;
+    }
+    if (!site__valid_name(tenant)) {
+        res->status = AP_EINVAL;
+        ap_errmsg_set(res->message, "invalid tenant name");
+        return;
+    }
+    /* Replaces the tenant's limits. Lowering one revokes nothing already
+     * granted; it only stops new grants (docs/catalog.md). */
+    sqlite3_stmt *stmt;
+    rv = ap_store_prepare(st, "DELETE FROM quotas WHERE tenant=?1", &stmt);
+    if (rv == 0) {
+        ap_store_bind_text(st, stmt, 1, tenant);
+        rv = ap_store_step_done(st, stmt);
+    }
+    for (int i = 0; rv == 0 && i < QUOTA_RES_N; i++) {
+        if (!present[i]) {
+            continue;
+        }
+        rv = ap_store_prepare(st,
+                              "INSERT INTO quotas(tenant, resource, quota_limit, changed_index)"
+                              " VALUES(?1, ?2, ?3, ?4)",
+                              &stmt);
+        if (rv == 0) {
+            ap_store_bind_text(st, stmt, 1, tenant);
+            ap_store_bind_text(st, stmt, 2, quota__res_name((enum quota_res)i));
+            ap_store_bind_int64(st, stmt, 3, limit[i]);
+            ap_store_bind_int64(st, stmt, 4, (int64_t)index);
+            rv = ap_store_step_done(st, stmt);
+        }
+    }
+    if (rv == 0) {
+        rv = top_up_reserves(st, index, tenant);
+    }
+    if (rv == 0) {
+        rv = log_event(st, index, at_ms, "quota_set", tenant, "{}");
+    }
+    if (rv == 0) {
+        rv = catalog__quota_view(st, tenant, &res->value);
+    }
+    if (rv != 0) {
+        res->status = rv;
+        ap_errmsg_set(res->message, "set quota of %s: %s", tenant, ap_store_errmsg(st));
+    }
+}
+
+static void apply_reserve_set(struct ap_store *st, uint64_t index, const msgpack_object *cmd,
+                              struct ap_rsm_result *res)
+{
+    char tenant[AP_INSTREC_NAME_SIZE], site[SITE_NAME_MAX + 1];
+    int64_t reserve[QUOTA_RES_N];
+    uint64_t at_ms = 0;
+    int rv;
+    if ((rv = ap_mp_get_str(cmd, "tenant", tenant, sizeof tenant, true, res->message)) != 0 ||
+        (rv = ap_mp_get_str(cmd, "site", site, sizeof site, true, res->message)) != 0 ||
+        (rv = read_amounts(cmd, "reserve", reserve, NULL, res->message)) != 0 ||
+        (rv = ap_mp_get_u64(cmd, "at_ms", &at_ms, INT64_MAX, true, res->message)) != 0) {
+        res->status = rv;
+        return;
+    }
+    if (!site__valid_name(tenant)) {
+        res->status = AP_EINVAL;
+        ap_errmsg_set(res->message, "invalid tenant name");
+        return;
+    }
+    if (!site_exists(st, site, &rv)) {
+        res->status = rv != 0 ? rv : AP_ENOTFOUND;
+        ap_errmsg_set(res->message, "site '%s' not found", site);
+        return;
+    }
+    sqlite3_stmt *stmt;
+    for (int i = 0; rv == 0 && i < QUOTA_RES_N; i++) {
+        rv = ap_store_prepare(st,
+                              "INSERT INTO site_rights(site, tenant, resource, reserve,"
+                              " changed_index, changed_by) VALUES(?1, ?2, ?3, ?4, ?5, '')"
+                              " ON CONFLICT(site, tenant, resource) DO UPDATE SET"
+                              " reserve=?4, changed_index=?5, changed_by=''",
+                              &stmt);
+        if (rv == 0) {
+            ap_store_bind_text(st, stmt, 1, site);
+            ap_store_bind_text(st, stmt, 2, tenant);
+            ap_store_bind_text(st, stmt, 3, quota__res_name((enum quota_res)i));
+            ap_store_bind_int64(st, stmt, 4, reserve[i]);
+            ap_store_bind_int64(st, stmt, 5, (int64_t)index);
+            rv = ap_store_step_done(st, stmt);
+        }
+    }
+    if (rv == 0) {
+        rv = top_up_reserves(st, index, tenant);
+    }
+    if (rv == 0) {
+        rv = log_event(st, index, at_ms, "reserve_set", tenant, "{}");
+    }
+    if (rv == 0) {
+        rv = catalog__quota_view(st, tenant, &res->value);
+    }
+    if (rv != 0) {
+        res->status = rv;
+        ap_errmsg_set(res->message, "set reserve of %s at %s: %s", tenant, site,
+                      ap_store_errmsg(st));
+    }
+}
+
+static void apply_rights_grant(struct ap_store *st, uint64_t index, const msgpack_object *cmd,
+                               struct ap_rsm_result *res)
+{
+    char tenant[AP_INSTREC_NAME_SIZE], site[SITE_NAME_MAX + 1];
+    int64_t want[QUOTA_RES_N];
+    uint64_t at_ms = 0;
+    int rv;
+    if ((rv = ap_mp_get_str(cmd, "site", site, sizeof site, true, res->message)) != 0 ||
+        (rv = ap_mp_get_str(cmd, "tenant", tenant, sizeof tenant, true, res->message)) != 0 ||
+        (rv = read_amounts(cmd, "want", want, NULL, res->message)) != 0 ||
+        (rv = ap_mp_get_u64(cmd, "at_ms", &at_ms, INT64_MAX, true, res->message)) != 0) {
+        res->status = rv;
+        return;
+    }
+    if (!site__valid_name(tenant)) {
+        res->status = AP_EINVAL;
+        ap_errmsg_set(res->message, "invalid tenant name");
+        return;
+    }
+    if (!site_exists(st, site, &rv)) {
+        res->status = rv != 0 ? rv : AP_ENOTFOUND;
+        ap_errmsg_set(res->message, "site '%s' not found", site);
+        return;
+    }
+    /* All or nothing: the site asks for what one create lacks (docs/catalog.md). */
+    struct quota_tenant q;
+    enum quota_res short_res;
+    rv = catalog__quota_tenant(st, tenant, &q);
+    if (rv == 0 && !quota__covers(&q, want, &short_res)) {
+        res->status = AP_EQUOTA;
+        quota_message(res->message, tenant, &q, short_res, want);
+        return;
+    }
+    if (rv == 0) {
+        rv = grant_rights(st, index, site, tenant, want);
+    }
+    if (rv != 0) {
+        res->status = rv;
+        ap_errmsg_set(res->message, "grant rights of %s to %s: %s", tenant, site,
+                      ap_store_errmsg(st));
+        return;
+    }
+    json_t *g = json_object();
+    for (int i = 0; i < QUOTA_RES_N; i++) {
+        json_object_set_new(g, quota__res_name((enum quota_res)i), json_integer(want[i]));
+    }
+    res->value = json_pack("{s:s, s:s, s:o}", "site", site, "tenant", tenant, "granted", g);
+}
+
 void catalog__apply(void *data, struct ap_store *st, uint64_t index, const uint8_t *cmd, size_t len,
                     struct ap_rsm_result *res)
 {
     msgpack_unpacked up;
     char op[32];
     AP_UNUSED(data);
-    int rv = ap_mp_unpack(cmd, len, MAX_COMMAND, &up, res->message);
+    int rv = ap_mp_unpack(cmd, len, CATALOG_MAX_COMMAND, &up, res->message);
     if (rv != 0) {
         res->status = rv;
         return;
@@ -537,6 +1726,18 @@ void catalog__apply(void *data, struct ap_store *st, uint64_t index, const uint8
         apply_site_delete(st, index, &up.data, res);
     } else if (strcmp(op, CATALOG_OP_SITE_STATE) == 0) {
         apply_site_state(st, index, &up.data, res);
+    } else if (strcmp(op, CATALOG_OP_SITE_DELTA) == 0) {
+        apply_site_delta(st, index, &up.data, res);
+    } else if (strcmp(op, CATALOG_OP_INST_CREATE) == 0) {
+        apply_inst_create(st, index, &up.data, res);
+    } else if (strcmp(op, CATALOG_OP_INST_DESIRE) == 0) {
+        apply_inst_desire(st, index, &up.data, res);
+    } else if (strcmp(op, CATALOG_OP_QUOTA_SET) == 0) {
+        apply_quota_set(st, index, &up.data, res);
+    } else if (strcmp(op, CATALOG_OP_RESERVE_SET) == 0) {
+        apply_reserve_set(st, index, &up.data, res);
+    } else if (strcmp(op, CATALOG_OP_RIGHTS) == 0) {
+        apply_rights_grant(st, index, &up.data, res);
     } else {
         /* A newer leader's command: every replica rejects it the same way. */
         res->status = AP_EPROTO;

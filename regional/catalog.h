@@ -4,11 +4,15 @@
 #define REGIONAL_CATALOG_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ap/hlc.h"
+#include "ap/instrec.h"
 #include "ap/rsm_fsm.h"
 #include "ap/store.h"
+#include "quota.h"
 #include "site.h"
 
 /** Command kinds; the "op" field of every catalog command. */
@@ -16,6 +20,14 @@
 #define CATALOG_OP_SITE_DELETE "site.delete"
 #define CATALOG_OP_SITE_STATE  "site.state"
 #define CATALOG_OP_SITE_DELTA  "site.delta"
+#define CATALOG_OP_INST_CREATE "instance.create"
+#define CATALOG_OP_INST_DESIRE "instance.desire"
+#define CATALOG_OP_QUOTA_SET   "quota.set"
+#define CATALOG_OP_RESERVE_SET "reserve.set"
+#define CATALOG_OP_RIGHTS      "rights.grant"
+
+/** Largest catalog command the apply function decodes (a site delta is the big one). */
+#define CATALOG_MAX_COMMAND AP_RSM_MAX_COMMAND
 
 /** The schema, as migrations for ap_store_migrate (docs/catalog.md). */
 extern const struct ap_store_migration catalog__migrations[];
@@ -36,9 +48,16 @@ int catalog__encode_site_delete(const char *name, uint64_t at_ms, uint8_t **out,
 
 /**
  * The rsm apply function (ap_rsm_apply_fn): decodes a command (size limits,
- * type checks; AP_EPROTO for garbage) and applies it. Results: site.create →
- * the stored site (AP_EEXIST when the name is taken); site.delete → the
- * deleted site (AP_ENOTFOUND when absent).
+ * type checks; AP_EPROTO for garbage) and applies it. Results
+ * (docs/catalog.md "Commands"): site.create → the stored site (AP_EEXIST when
+ * the name is taken); site.delete → the deleted site (AP_ENOTFOUND when
+ * absent); site.state → nothing; site.delta → {site, to, applied, skipped};
+ * instance.create and instance.desire → the instance (AP_ENOTFOUND for an
+ * unknown site or id, AP_EEXIST for a taken name, AP_EQUOTA when the tenant's
+ * unassigned quota is short, AP_ECONFLICT to start or stop a deleted
+ * instance); quota.set and reserve.set → the quota view of the tenant;
+ * rights.grant → {site, tenant, granted:{...}} (AP_EQUOTA when short).
+ * data is unused (may be NULL).
  */
 void catalog__apply(void *data, struct ap_store *st, uint64_t index, const uint8_t *cmd, size_t len,
                     struct ap_rsm_result *res);
@@ -75,6 +94,63 @@ int catalog__sites_in_state(struct ap_store *st, const char *state, char ***name
  */
 int catalog__delta_for_site(struct ap_store *st, const char *site, uint64_t after, size_t max,
                             uint8_t **body, size_t *len, uint64_t *to, size_t *count);
+
+/**
+ * Encode an instance.create command for r (every field filled by the HTTP
+ * layer: id, stamps, states). at_ms is the leader's wall clock.
+ */
+int catalog__encode_instance_create(const struct ap_instrec *r, uint64_t at_ms, uint8_t **out,
+                                    size_t *len);
+
+/**
+ * Encode an instance.desire command: set instance id's desired state to d
+ * with stamp ts (the leader's HLC). Apply moves the stamp past the stored one
+ * when needed, so the write the region acknowledged is the latest it knows.
+ */
+int catalog__encode_instance_desire(const char *id, enum ap_desired d, struct ap_hlc_ts ts,
+                                    uint64_t at_ms, uint8_t **out, size_t *len);
+
+/**
+ * Encode a quota.set command: tenant's regional limits, limited[r] false
+ * meaning no limit on resource r. It replaces every limit of the tenant.
+ */
+int catalog__encode_quota_set(const char *tenant, const bool limited[QUOTA_RES_N],
+                              const int64_t limit[QUOTA_RES_N], uint64_t at_ms, uint8_t **out,
+                              size_t *len);
+
+/** Encode a reserve.set command: site's autonomy reserve for tenant, per resource. */
+int catalog__encode_reserve_set(const char *tenant, const char *site,
+                                const int64_t reserve[QUOTA_RES_N], uint64_t at_ms, uint8_t **out,
+                                size_t *len);
+
+/** Encode a rights.grant command: site asks for want[] more rights of tenant (all or nothing). */
+int catalog__encode_rights_grant(const char *site, const char *tenant,
+                                 const int64_t want[QUOTA_RES_N], uint64_t at_ms, uint8_t **out,
+                                 size_t *len);
+
+/** The instance with this id into *out (the caller clears it); AP_ENOTFOUND. */
+int catalog__instance_get(struct ap_store *st, const char *id, struct ap_instrec *out);
+
+/**
+ * Instances as a JSON array (ap_instjson_render shape), oldest first,
+ * filtered by site and tenant when not NULL; deleted ones (tombstones) only
+ * when include_deleted. *out is a new reference.
+ */
+int catalog__instances_list(struct ap_store *st, const char *site, const char *tenant,
+                            bool include_deleted, json_t **out);
+
+/**
+ * Tenant's limits and the rights assigned to sites (quota arithmetic input).
+ * A tenant nobody set a quota for has no limits.
+ */
+int catalog__quota_tenant(struct ap_store *st, const char *tenant, struct quota_tenant *out);
+
+/**
+ * The quota view of tenant (docs/api.md): limit, usage, assigned,
+ * unassigned, and per holder site granted, returned, held, reserve, usage.
+ * *out is a new reference.
+ */
+int catalog__quota_view(struct ap_store *st, const char *tenant, json_t **out);
 
 /** The site named name as JSON (*out new reference); AP_ENOTFOUND when absent. */
 int catalog__site_get(struct ap_store *st, const char *name, json_t **out);

@@ -2,8 +2,10 @@
 #include "ap/base.h"
 #include "ap/log.h"
 #include "node.h"
+#include "sitelink.h"
 
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +16,8 @@ static void usage(FILE *out)
             "usage: archipel-regional --region NAME --id N --ip IP --dir DIR [options]\n"
             "\n"
             "One node of a region's raft group: the replicated catalog of the region's\n"
-            "sites, quotas, placements and instances, served over HTTP at /v1.\n"
+            "sites, quotas, placements and instances, served over HTTP at /v1, and the\n"
+            "end of the links the region's sites dial.\n"
             "\n"
             "options:\n"
             "  --region NAME            region name (e.g. r1)\n"
@@ -22,6 +25,10 @@ static void usage(FILE *out)
             "  --ip IP                  address every socket of this node binds to\n"
             "  --http-port PORT         HTTP API port (default 7100)\n"
             "  --raft-port PORT         raft port (default 7101)\n"
+            "  --link-port PORT         port sites link to (default 7102; 0: no site link)\n"
+            "  --site-heartbeat-ms N    heartbeat interval sites are held to (default 1000)\n"
+            "  --site-heartbeat-misses N  missed heartbeats before a site is marked\n"
+            "                           unreachable (default 3)\n"
             "  --dir DIR                data directory (raft log and catalog)\n"
             "  --peer ID,RAFT,HTTP      an initial voter, e.g. 2,127.0.11.2:7101,127.0.11.2:7100;\n"
             "                           repeat for each (this node included)\n"
@@ -109,7 +116,10 @@ int main(int argc, char **argv)
         O_JOIN,
         O_ELECTION,
         O_SNAP,
-        O_LOG
+        O_LOG,
+        O_LINK,
+        O_HB_MS,
+        O_HB_MISSES
     };
     static const struct option opts[] = {
         {"region", required_argument, NULL, O_REGION},
@@ -123,6 +133,9 @@ int main(int argc, char **argv)
         {"election-timeout-ms", required_argument, NULL, O_ELECTION},
         {"snapshot-threshold", required_argument, NULL, O_SNAP},
         {"log-level", required_argument, NULL, O_LOG},
+        {"link-port", required_argument, NULL, O_LINK},
+        {"site-heartbeat-ms", required_argument, NULL, O_HB_MS},
+        {"site-heartbeat-misses", required_argument, NULL, O_HB_MISSES},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -131,6 +144,9 @@ int main(int argc, char **argv)
     memset(&cfg, 0, sizeof cfg);
     cfg.http_port = 7100;
     cfg.raft_port = 7101;
+    cfg.link_port = 7102;
+    cfg.site_heartbeat_ms = SITELINK_HEARTBEAT_MS;
+    cfg.site_heartbeat_misses = SITELINK_HEARTBEAT_MISSES;
     enum ap_log_level level = ap_log_level_from_env(AP_LOG_INFO);
     unsigned long long v;
     int c;
@@ -204,6 +220,28 @@ int main(int argc, char **argv)
             }
             cfg.snapshot_threshold = (unsigned)v;
             break;
+        case O_LINK:
+            if (parse_uint(optarg, 65535, &v) != 0) {
+                fprintf(stderr, "archipel-regional: --link-port must be 0-65535, got '%s'\n",
+                        optarg);
+                return 2;
+            }
+            cfg.link_port = (uint16_t)v;
+            break;
+        case O_HB_MS:
+            if (parse_uint(optarg, 600000, &v) != 0 || v < 20) {
+                fprintf(stderr, "archipel-regional: --site-heartbeat-ms must be 20-600000\n");
+                return 2;
+            }
+            cfg.site_heartbeat_ms = (unsigned)v;
+            break;
+        case O_HB_MISSES:
+            if (parse_uint(optarg, 1000, &v) != 0 || v < 1) {
+                fprintf(stderr, "archipel-regional: --site-heartbeat-misses must be 1-1000\n");
+                return 2;
+            }
+            cfg.site_heartbeat_misses = (unsigned)v;
+            break;
         case O_LOG:
             if (ap_log_parse_level(optarg, &level) != 0) {
                 fprintf(stderr,
@@ -262,6 +300,8 @@ int main(int argc, char **argv)
         AP_LOG(AP_LOG_ERROR, "start_failed err=\"%s\"", errmsg);
         return 1;
     }
+    /* A site or peer that vanishes mid-write must cost an EPIPE, not the process. */
+    signal(SIGPIPE, SIG_IGN);
     uv_signal_init(a.loop, &a.sigint);
     uv_signal_init(a.loop, &a.sigterm);
     a.sigint.data = a.sigterm.data = &a;

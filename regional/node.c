@@ -1,10 +1,11 @@
-/* node: one archipel-regional process: raft group member, HTTP API, metrics. */
+/* node: one archipel-regional process: raft group member, HTTP API, site links, metrics. */
 #include "node_internal.h"
 
 #include "ap/base.h"
 #include "ap/err.h"
 #include "ap/log.h"
 #include "catalog.h"
+#include "sitelink.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -27,15 +28,33 @@ int regional_node_start(struct regional_node **out, uv_loop_t *loop,
     snprintf(n->http_addr, sizeof n->http_addr, "%s:%u", cfg->ip, cfg->http_port);
     snprintf(n->raft_addr, sizeof n->raft_addr, "%s:%u", cfg->ip, cfg->raft_port);
 
+    /* docs/catalog.md: stamps carry the raft id, unique in the region. */
+    rv = ap_hlc_new(&n->hlc, (uint32_t)cfg->id, AP_HLC_DEFAULT_MAX_OFFSET_MS, ap_hlc_wall_realtime,
+                    NULL);
+    if (rv == 0) {
+        rv = ap_uuid_gen_init(&n->uuids);
+    }
+    if (rv != 0) {
+        ap_errmsg_set(errmsg, "clock and ids: %s", ap_strerror(rv));
+        goto err_after_hlc;
+    }
     rv = ap_metrics_new(&n->metrics);
     if (rv != 0) {
         ap_errmsg_set(errmsg, "metrics: %s", ap_strerror(rv));
-        goto err_after_alloc;
+        goto err_after_hlc;
     }
     labels[0] = '\0';
     ap_metrics_label_append(labels, sizeof labels, "region", cfg->region);
     n->m_forwarded = ap_metrics_counter(n->metrics, "archipel_http_forwarded_total",
                                         "Requests a follower forwarded to its leader.", labels);
+    n->m_sites_linked = ap_metrics_gauge(n->metrics, "archipel_sites_linked",
+                                         "Sites linked to this node (the leader).", labels);
+    n->m_site_deltas = ap_metrics_counter(n->metrics, "archipel_site_deltas_applied_total",
+                                          "Site DELTA frames applied through raft.", labels);
+    n->m_site_records = ap_metrics_counter(n->metrics, "archipel_site_delta_records_total",
+                                           "Records carried by the site DELTAs applied.", labels);
+    n->m_site_deltas_sent = ap_metrics_counter(n->metrics, "archipel_site_deltas_sent_total",
+                                               "DELTA frames sent to sites.", labels);
 
     struct ap_rsm_config rc = {
         .id = cfg->id,
@@ -72,8 +91,16 @@ int regional_node_start(struct regional_node **out, uv_loop_t *loop,
     if (rv != 0) {
         goto err_after_rsm;
     }
-    AP_LOG(AP_LOG_INFO, "regional_started region=%s node=%llu http=%s raft=%s dir=%s", cfg->region,
-           (unsigned long long)cfg->id, n->http_addr, n->raft_addr, cfg->dir);
+    if (cfg->link_port != 0) {
+        rv = sitelink__start(&n->link, n, cfg->link_port, cfg->site_heartbeat_ms,
+                             cfg->site_heartbeat_misses, errmsg);
+        if (rv != 0) {
+            goto err_after_rsm;
+        }
+    }
+    AP_LOG(AP_LOG_INFO, "regional_started region=%s node=%llu http=%s raft=%s link=%s:%u dir=%s",
+           cfg->region, (unsigned long long)cfg->id, n->http_addr, n->raft_addr, cfg->ip,
+           cfg->link_port, cfg->dir);
     *out = n;
     return 0;
 
@@ -83,7 +110,8 @@ err_after_rsm:
     return rv;
 err_after_metrics:
     ap_metrics_free(n->metrics);
-err_after_alloc:
+err_after_hlc:
+    ap_hlc_free(n->hlc);
     ap_free(n);
     return rv;
 }
@@ -94,16 +122,29 @@ static void rsm_closed(void *data)
     void (*cb)(void *) = n->stop_cb;
     void *cb_data = n->stop_data;
     ap_metrics_free(n->metrics);
+    ap_hlc_free(n->hlc);
     ap_free(n);
     if (cb != NULL) {
         cb(cb_data);
     }
 }
 
+static void link_closed(void *data)
+{
+    struct regional_node *n = data;
+    n->link = NULL;
+    ap_rsm_close(n->rsm, rsm_closed, n);
+}
+
 static void http_closed(void *data)
 {
     struct regional_node *n = data;
-    ap_rsm_close(n->rsm, rsm_closed, n);
+    /* Site links before raft: their proposals need the rsm until they are detached. */
+    if (n->link != NULL) {
+        sitelink__stop(n->link, link_closed, n);
+    } else {
+        link_closed(n);
+    }
 }
 
 void regional_node_stop(struct regional_node *n, void (*cb)(void *data), void *data)

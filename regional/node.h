@@ -1,4 +1,4 @@
-/* node: one archipel-regional process: raft group member, HTTP API, metrics. */
+/* node: one archipel-regional process: raft group member, HTTP API, site links, metrics. */
 #ifndef REGIONAL_NODE_H
 #define REGIONAL_NODE_H
 
@@ -24,12 +24,16 @@ struct regional_config {
     unsigned election_timeout_ms;
     unsigned snapshot_threshold;
     unsigned forward_timeout_ms;
+    uint16_t link_port;             /* Site link port (docs/edge.md); 0: no site link. */
+    unsigned site_heartbeat_ms;     /* Sites' heartbeat interval; 0: SITELINK_HEARTBEAT_MS. */
+    unsigned site_heartbeat_misses; /* Missed beats before unreachable; 0: default. */
 };
 
 struct regional_node;
 
 /**
- * Open the data directory, start raft and the HTTP server on loop.
+ * Open the data directory, start raft, the HTTP server and the site link
+ * listener on loop.
  * Returns 0 or an AP_E* code with errmsg saying what failed.
  */
 int regional_node_start(struct regional_node **out, uv_loop_t *loop,

@@ -4,8 +4,12 @@
 
 #include "node.h"
 
+#include "ap/hlc.h"
 #include "ap/http.h"
 #include "ap/metrics.h"
+#include "ap/uuid.h"
+
+struct sitelink;
 
 struct regional_node {
     uv_loop_t *loop;
@@ -15,8 +19,15 @@ struct regional_node {
     struct ap_rsm *rsm;
     struct ap_http_server *http;
     struct ap_metrics *metrics;
+    struct ap_hlc *hlc;       /* Stamps of writes made here (node id: the raft id). */
+    struct ap_uuid_gen uuids; /* Instance ids. */
+    struct sitelink *link;    /* NULL when cfg.link_port is 0. */
     struct ap_metric *m_forwarded;
     struct ap_metric *m_requests;
+    struct ap_metric *m_sites_linked;     /* Gauge: sites linked to this node. */
+    struct ap_metric *m_site_deltas;      /* Counter: site DELTAs applied. */
+    struct ap_metric *m_site_records;     /* Counter: records in them. */
+    struct ap_metric *m_site_deltas_sent; /* Counter: DELTAs sent to sites. */
     bool stopping;
     void (*stop_cb)(void *data);
     void *stop_data;

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "ap/crdt.h"
 #include "ap/hlc.h"
 #include "ap/mp.h"
 
@@ -14,17 +15,6 @@
 #define AP_INSTREC_NAME_SIZE 64
 /** Largest spec (JSON text), bytes. */
 #define AP_INSTREC_MAX_SPEC (16u * 1024u)
-
-enum ap_desired { AP_DESIRED_RUNNING = 0, AP_DESIRED_STOPPED, AP_DESIRED_DELETED };
-
-enum ap_actual {
-    AP_ACTUAL_PENDING = 0,
-    AP_ACTUAL_STARTING,
-    AP_ACTUAL_RUNNING,
-    AP_ACTUAL_EXITED,
-    AP_ACTUAL_FAILED,
-    AP_ACTUAL_STOPPED,
-};
 
 /**
  * One instance. Identity and spec are written once, where the instance is
@@ -50,14 +40,10 @@ struct ap_instrec {
     int64_t restarts;
 };
 
-/** Text of a desired state ("running", "stopped", "deleted"). */
+/** Text of a desired state ("running", "stopped", "deleted"): ap_desired_str. */
 const char *ap_desired_name(enum ap_desired d);
-/** Parse a desired state; AP_EINVAL for anything else. */
-int ap_desired_parse(const char *s, enum ap_desired *out);
-/** Text of an actual state ("pending", "starting", "running", "exited", "failed", "stopped"). */
+/** Text of an actual state ("pending", ..., "stopped"): ap_actual_str. */
 const char *ap_actual_name(enum ap_actual a);
-/** Parse an actual state; AP_EINVAL for anything else. */
-int ap_actual_parse(const char *s, enum ap_actual *out);
 
 /** Release what the record owns (its spec); the struct itself is the caller's. */
 void ap_instrec_clear(struct ap_instrec *r);
@@ -66,10 +52,10 @@ void ap_instrec_clear(struct ap_instrec *r);
 int ap_instrec_copy(struct ap_instrec *dst, const struct ap_instrec *src);
 
 /**
- * Merge other into into (same id): desired by HLC last-writer-wins with
- * delete dominating; actual by HLC (single writer); identity from the earlier
- * creation stamp. Commutative, associative, idempotent. Returns true when
- * into changed.
+ * Merge other into into (same id) with the rules of ap_inst_merge
+ * (common/crdt, docs/merge-rules.md): desired by HLC last-writer-wins with
+ * delete dominating; actual by HLC (single writer); identity (spec and
+ * names) from the earlier creation stamp. Returns true when into changed.
  */
 bool ap_instrec_merge(struct ap_instrec *into, const struct ap_instrec *other);
 
