@@ -5,6 +5,7 @@
 #include "ap/err.h"
 #include "ap/httpc.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -478,6 +479,44 @@ static int write_topology(struct topo *t)
     return 0;
 }
 
+/* Workloads outlive their site daemon by design (docs/workloads.md); a dev
+ * topology that stops takes its workloads with it: every archipel-shim
+ * whose instance directory is under DIR gets SIGTERM and stops its workload. */
+static int stop_workloads(struct topo *t)
+{
+    char needle[PATH_MAX + 16];
+    int n = 0;
+    snprintf(needle, sizeof needle, "%s/sites/", t->dir);
+    DIR *proc = opendir("/proc");
+    if (proc == NULL) {
+        return 0;
+    }
+    struct dirent *e;
+    while ((e = readdir(proc)) != NULL) {
+        char path[64], cmd[PATH_MAX * 2];
+        if (e->d_name[0] < '1' || e->d_name[0] > '9') {
+            continue;
+        }
+        snprintf(path, sizeof path, "/proc/%.20s/cmdline", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f == NULL) {
+            continue;
+        }
+        size_t len = fread(cmd, 1, sizeof cmd - 1, f);
+        fclose(f);
+        for (size_t i = 0; i < len; i++) {
+            cmd[i] = cmd[i] == '\0' ? ' ' : cmd[i];
+        }
+        cmd[len] = '\0';
+        if (strstr(cmd, "archipel-shim") != NULL && strstr(cmd, needle) != NULL) {
+            kill((pid_t)atoi(e->d_name), SIGTERM);
+            n++;
+        }
+    }
+    closedir(proc);
+    return n;
+}
+
 static void stop_all(struct topo *t)
 {
     for (int i = t->n_procs - 1; i >= 0; i--) {
@@ -508,6 +547,21 @@ static void stop_all(struct topo *t)
     reap(t);
 }
 
+static void stop_everything(struct topo *t)
+{
+    stop_all(t);
+    int shims = stop_workloads(t);
+    if (shims > 0) {
+        printf("archipel dev: stopping the workloads of %d instance%s\n", shims,
+               shims == 1 ? "" : "s");
+        /* Shims give their workload a 5 s grace period. */
+        sleep_ms(500);
+        for (int i = 0; i < 60 && stop_workloads(t) > 0; i++) {
+            sleep_ms(100);
+        }
+    }
+}
+
 static void free_topo(struct topo *t)
 {
     for (int i = 0; i < t->n_procs; i++) {
@@ -533,7 +587,7 @@ int dev__main(int argc, char **argv, const char *self_path)
     memset(&t, 0, sizeof t);
     t.regions = 1;
     t.nodes = 3;
-    t.sites = 0; /* TODO(issue 4): 3 once the edge daemon is wired */
+    t.sites = 3;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -566,10 +620,6 @@ int dev__main(int argc, char **argv, const char *self_path)
     if (optind < argc) {
         fprintf(stderr, "archipel dev: unexpected argument '%s'\n", argv[optind]);
         return 2;
-    }
-    if (t.sites > 0) {
-        fprintf(stderr,
-                "archipel dev: --sites: the edge tier is not built yet; starting no site\n");
     }
     if (mkdir_p(dir) != 0 || realpath(dir, t.dir) == NULL) {
         fprintf(stderr, "archipel dev: cannot create --dir %s: %s\n", dir, strerror(errno));
@@ -640,7 +690,7 @@ int dev__main(int argc, char **argv, const char *self_path)
 out_stop:
     printf("archipel dev: stopping\n");
     fflush(stdout);
-    stop_all(&t);
+    stop_everything(&t);
     printf("archipel dev: stopped\n");
 out:
     free_topo(&t);

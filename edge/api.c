@@ -223,7 +223,9 @@ static void h_list(struct ap_http_req *req, void *data)
         ap_http_reply_json(req, 200, json_pack("{s:[], s:s}", "instances", "site", n->cfg.site));
         return;
     }
-    int rv = shard__list(n->shard, tenant, false, &list, &count);
+    const char *deleted = ap_http_req_query(req, "deleted");
+    bool with_deleted = deleted != NULL && strcmp(deleted, "1") == 0;
+    int rv = shard__list(n->shard, tenant, with_deleted, &list, &count);
     if (rv != 0) {
         ap_http_reply_err(req, rv, shard__errmsg(n->shard));
         return;

@@ -55,6 +55,7 @@ import urllib.request
 
 HTTP_PORT = 7100
 RAFT_PORT = 7101
+SITE_PORT = 7200
 # Other ports a node may bind by default (the site link port of builds with an edge tier);
 # checked free before a topology starts.
 OTHER_PORTS = (7102,)
@@ -667,6 +668,7 @@ class Topology:
         self.bin_dir = os.path.abspath(bin_dir)
         self.work_dir = os.path.abspath(work_dir)
         self.nodes = []
+        self.sites = []
         self.dev = None  # Popen of `archipel dev`
         self._pids = []
         self._stopped = False
@@ -732,15 +734,20 @@ class Topology:
         self.nodes.append(node)
         return node
 
-    def start_dev(self, regions=1, nodes=3, timeout=90.0, attempts=3):
+    def start_dev(self, regions=1, nodes=3, timeout=90.0, attempts=3, sites=0):
         """Run `archipel dev --dir WORK` and wait for its topology.json and a leader per region.
+
+        sites: edge sites per region (rK-sS on 127.0.(20+K).S:7200), listed in self.sites as
+        Nodes whose id is the site name (see site()).
 
         When another process grabbed one of the addresses between the check and the bind
         (another test on a shared machine), starts again, up to attempts times.
         """
         addrs = ["%s:%d" % (self.node_ip(r, i), p) for r in range(1, regions + 1)
                  for i in range(1, nodes + 1) for p in (HTTP_PORT, RAFT_PORT) + OTHER_PORTS]
-        return self._start(addrs, lambda: self._start_dev_once(regions, nodes, timeout),
+        addrs += ["127.0.%d.%d:%d" % (20 + r, i, SITE_PORT) for r in range(1, regions + 1)
+                  for i in range(1, sites + 1)]
+        return self._start(addrs, lambda: self._start_dev_once(regions, nodes, timeout, sites),
                            attempts)
 
     def start_raw(self, region_index=1, nodes=3, extra_args=(), timeout=60.0, attempts=3):
@@ -806,10 +813,11 @@ class Topology:
         self.nodes = []
         kill_leftovers(self.work_dir)
 
-    def _start_dev_once(self, regions, nodes, timeout):
+    def _start_dev_once(self, regions, nodes, timeout, sites=0):
         out = open(os.path.join(self.work_dir, "dev.out"), "ab")
         cmd = [os.path.join(self.bin_dir, "archipel"), "dev", "--dir", self.work_dir,
-               "--regions", str(regions), "--nodes-per-region", str(nodes)]
+               "--regions", str(regions), "--nodes-per-region", str(nodes),
+               "--sites", str(sites)]
         self.dev = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
@@ -833,8 +841,18 @@ class Topology:
             for n in region["nodes"]:
                 node = Node(self, region["name"], n["id"], n["ip"], n["cmd"], n["log"], n["pid"])
                 self.nodes.append(node)
+        for site in doc.get("sites", []):
+            self.sites.append(Node(self, site["region"], site["name"], site["ip"], site["cmd"],
+                                   site["log"], site["pid"], http_port=SITE_PORT))
         for region in doc["regions"]:
             self.leader(region["name"])
+
+    def site(self, name):
+        """The site Node called name (from start_dev(sites=...))."""
+        for s in self.sites:
+            if s.id == name:
+                return s
+        raise AssertionError("no site %s in this topology" % name)
 
     def write_topology(self):
         """Write work_dir/topology.json (archipel dev's shape) for the nodes now known."""
