@@ -516,7 +516,7 @@ class Node:
         self.deaths = []  # "how it ended" for each run that ended without being asked to
 
     def __repr__(self):
-        return "<node %s/%d %s pid %s>" % (self.region, self.id, self.http, self.pid)
+        return "<node %s/%s %s pid %s>" % (self.region, self.id, self.http, self.pid)
 
     # --- HTTP
 
@@ -874,7 +874,7 @@ class Topology:
         for n in self.nodes:
             if n.region == region and n.id == node_id:
                 return n
-        raise KeyError("no node %s/%d" % (region, node_id))
+        raise KeyError("no node %s/%s" % (region, node_id))
 
     def region_nodes(self, region="r1", alive_only=False):
         return [n for n in self.nodes if n.region == region and (not alive_only or n.alive())]
@@ -983,7 +983,7 @@ class Topology:
                 text = f.read()
         except OSError:
             return None
-        key = "%s-%d (pid %d) " % (node.region, node.id, node.pid)
+        key = "%s-%s (pid %s) " % (node.region, node.id, node.pid)
         for line in text.splitlines():
             if key in line:
                 return line.split(key, 1)[1]
@@ -1005,7 +1005,7 @@ class Topology:
     def logs(self):
         """[(label, path)] of the node logs (known nodes and any other WORK/logs/*.log) and
         archipel dev's output."""
-        out = [("%s-%d" % (n.region, n.id), n.log) for n in self.nodes]
+        out = [("%s-%s" % (n.region, n.id), n.log) for n in self.nodes + self.sites]
         # Logs of nodes not known (yet), e.g. when archipel dev failed before topology.json.
         logs_dir = os.path.join(self.work_dir, "logs")
         known = {path for _, path in out}

@@ -5,8 +5,17 @@ import os
 import harness
 
 
+def ppid(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def shims_for(instance_dir):
-    """Pids of archipel-shim processes supervising instance_dir."""
+    """Pids of the archipel-shim supervisors of instance_dir (a shim's namespace init, a fork
+    of the shim with the same command line, is not counted)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -19,7 +28,7 @@ def shims_for(instance_dir):
         if args and os.path.basename(args[0]) == b"archipel-shim" and \
                 instance_dir.encode() in args:
             pids.append(int(entry))
-    return pids
+    return [p for p in pids if ppid(p) not in pids]
 
 
 def main(t):
