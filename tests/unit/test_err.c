@@ -21,6 +21,7 @@ static void test_messages(void **state)
     assert_string_equal(ap_err_code(AP_EQUOTA), "quota_exceeded");
     assert_int_equal(ap_err_http_status(AP_ENOTFOUND), 404);
     assert_int_equal(ap_err_http_status(AP_EEXIST), 409);
+    assert_int_equal(ap_err_http_status(AP_EQUOTA), 403);
     assert_int_equal(ap_err_http_status(AP_EINVAL), 400);
     assert_int_equal(ap_err_http_status(AP_EAUTH), 401);
     assert_int_equal(ap_err_http_status(-9999), 500);

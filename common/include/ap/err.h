@@ -23,7 +23,7 @@
     X(AP_ETIMEDOUT, -11, 504, "timeout", "timed out")                                              \
     X(AP_ECONN, -12, 502, "connection_failed", "connection failed")                                \
     X(AP_ECORRUPT, -13, 500, "corrupt", "data corrupt")                                            \
-    X(AP_EQUOTA, -14, 409, "quota_exceeded", "quota exceeded")                                     \
+    X(AP_EQUOTA, -14, 403, "quota_exceeded", "quota exceeded")                                     \
     X(AP_EPERM, -15, 403, "forbidden", "permission denied")                                        \
     X(AP_EAGAIN, -16, 503, "unavailable", "temporarily unavailable")                               \
     X(AP_ESHUTDOWN, -17, 503, "shutting_down", "shutting down")                                    \
