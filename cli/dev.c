@@ -2,6 +2,7 @@
 #include "dev.h"
 
 #include "ap/base.h"
+#include "ap/fs.h"
 #include "ap/err.h"
 #include "ap/httpc.h"
 
@@ -94,24 +95,6 @@ static int parse_count(const char *flag, const char *s, int min, int max, int *o
     }
     *out = (int)v;
     return 0;
-}
-
-static int mkdir_p(const char *path)
-{
-    char tmp[PATH_MAX];
-    if (ap_strlcpy(tmp, path, sizeof tmp) >= sizeof tmp) {
-        return -1;
-    }
-    for (char *p = tmp + 1; *p != '\0'; p++) {
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(tmp, 0755) != 0 && errno != EEXIST) {
-                return -1;
-            }
-            *p = '/';
-        }
-    }
-    return (mkdir(tmp, 0755) != 0 && errno != EEXIST) ? -1 : 0;
 }
 
 static int add_arg(struct proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -621,7 +604,7 @@ int dev__main(int argc, char **argv, const char *self_path)
         fprintf(stderr, "archipel dev: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (mkdir_p(dir) != 0 || realpath(dir, t.dir) == NULL) {
+    if (ap_fs_mkdir_p(dir) != 0 || realpath(dir, t.dir) == NULL) {
         fprintf(stderr, "archipel dev: cannot create --dir %s: %s\n", dir, strerror(errno));
         return 1;
     }
@@ -638,7 +621,7 @@ int dev__main(int argc, char **argv, const char *self_path)
     }
     char logs[PATH_MAX + 8];
     snprintf(logs, sizeof logs, "%s/logs", t.dir);
-    if (mkdir_p(logs) != 0) {
+    if (ap_fs_mkdir_p(logs) != 0) {
         fprintf(stderr, "archipel dev: cannot create %s: %s\n", logs, strerror(errno));
         return 1;
     }

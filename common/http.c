@@ -1,5 +1,6 @@
 /* http: HTTP/JSON server on libmicrohttpd, driven from the daemon's libuv loop. */
 #include "ap/http.h"
+#include "ap/metrics.h"
 
 #include "ap/base.h"
 #include "ap/err.h"
@@ -1591,4 +1592,17 @@ int ap_http_json_check_fields(json_t *obj, const char *const *allowed, char *err
         }
     }
     return 0;
+}
+
+void ap_http_reply_metrics(struct ap_http_req *r, struct ap_metrics *m)
+{
+    char *text;
+    size_t len;
+    int rv = ap_metrics_render(m, &text, &len);
+    if (rv != 0) {
+        ap_http_reply_err(r, rv, "could not render metrics");
+        return;
+    }
+    ap_http_reply_raw(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+    ap_free(text);
 }

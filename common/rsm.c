@@ -2,6 +2,7 @@
 #include "ap/rsm.h"
 
 #include "ap/base.h"
+#include "ap/fs.h"
 #include "ap/log.h"
 #include "ap/metrics.h"
 #include "ap/raft_transport.h"
@@ -655,27 +656,6 @@ int ap_rsm_remove_member(struct ap_rsm *r, uint64_t id, ap_rsm_change_cb cb, voi
 
 /* ---- life cycle ---- */
 
-static int mkdir_p(const char *path)
-{
-    char tmp[512];
-    if (ap_strlcpy(tmp, path, sizeof tmp) >= sizeof tmp) {
-        return AP_EINVAL;
-    }
-    for (char *p = tmp + 1; *p != '\0'; p++) {
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(tmp, 0755) != 0 && errno != EEXIST) {
-                return AP_EIO;
-            }
-            *p = '/';
-        }
-    }
-    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) {
-        return AP_EIO;
-    }
-    return 0;
-}
-
 static void register_metrics(struct ap_rsm *r, struct ap_metrics *m, const char *labels)
 {
     if (m == NULL) {
@@ -730,7 +710,7 @@ int ap_rsm_new(struct ap_rsm **out, uv_loop_t *loop, const struct ap_rsm_config 
     r->trailing = cfg->snapshot_trailing != 0 ? cfg->snapshot_trailing : AP_RSM_SNAPSHOT_TRAILING;
 
     snprintf(path, sizeof path, "%s/raft", r->dir);
-    if (mkdir_p(path) != 0) {
+    if (ap_fs_mkdir_p(path) != 0) {
         ap_errmsg_set(errmsg, "create data directory %s: %s", path, strerror(errno));
         rv = AP_EIO;
         goto err_after_alloc;

@@ -397,19 +397,11 @@ static void h_metrics(struct ap_http_req *req, void *data)
 {
     struct edge_node *n = data;
     struct link_stats ls;
-    char *text;
-    size_t len;
     link__stats(n->link, &ls);
     ap_metric_set(n->m_link_up, link__connected(n->link) ? 1 : 0);
     ap_metric_set(n->m_deltas_sent, (double)ls.deltas_sent);
     ap_metric_set(n->m_deltas_applied, (double)ls.deltas_applied);
-    int rv = ap_metrics_render(n->metrics, &text, &len);
-    if (rv != 0) {
-        ap_http_reply_err(req, rv, "could not render metrics");
-        return;
-    }
-    ap_http_reply_raw(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
-    ap_free(text);
+    ap_http_reply_metrics(req, n->metrics);
 }
 
 int api__register(struct edge_node *n)

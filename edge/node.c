@@ -3,6 +3,7 @@
 #include "node_internal.h"
 
 #include "ap/base.h"
+#include "ap/fs.h"
 #include "ap/err.h"
 #include "ap/log.h"
 
@@ -106,24 +107,6 @@ static uint32_t site_node_id(const char *site)
     return h | 0x80000000u;
 }
 
-static int mkdir_p(const char *path)
-{
-    char tmp[512];
-    if (ap_strlcpy(tmp, path, sizeof tmp) >= sizeof tmp) {
-        return AP_EINVAL;
-    }
-    for (char *p = tmp + 1; *p != '\0'; p++) {
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(tmp, 0755) != 0 && errno != EEXIST) {
-                return AP_EIO;
-            }
-            *p = '/';
-        }
-    }
-    return (mkdir(tmp, 0755) != 0 && errno != EEXIST) ? AP_EIO : 0;
-}
-
 int edge_node_start(struct edge_node **out, uv_loop_t *loop, const struct edge_config *cfg,
                     char *errmsg)
 {
@@ -139,7 +122,7 @@ int edge_node_start(struct edge_node **out, uv_loop_t *loop, const struct edge_c
     if (n->cfg.rights_wait_ms == 0) {
         n->cfg.rights_wait_ms = 3000;
     }
-    if (mkdir_p(cfg->dir) != 0) {
+    if (ap_fs_mkdir_p(cfg->dir) != 0) {
         ap_errmsg_set(errmsg, "create %s: %s", cfg->dir, strerror(errno));
         ap_free(n);
         return AP_EIO;

@@ -829,15 +829,7 @@ static void h_quota_get(struct ap_http_req *req, void *data)
 static void h_metrics(struct ap_http_req *req, void *data)
 {
     struct regional_node *n = data;
-    char *text;
-    size_t len;
-    int rv = ap_metrics_render(n->metrics, &text, &len);
-    if (rv != 0) {
-        ap_http_reply_err(req, rv, "could not render metrics");
-        return;
-    }
-    ap_http_reply_raw(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
-    ap_free(text);
+    ap_http_reply_metrics(req, n->metrics);
 }
 
 int api__register(struct regional_node *n)

@@ -148,6 +148,11 @@ void ap_http_reply_error(struct ap_http_req *r, unsigned status, const char *cod
  */
 void ap_http_reply_err(struct ap_http_req *r, int ap_err, const char *message);
 
+struct ap_metrics;
+
+/** Answer 200 with the Prometheus text of m (text/plain; version=0.0.4), or a 500 error. */
+void ap_http_reply_metrics(struct ap_http_req *r, struct ap_metrics *m);
+
 /**
  * Parse a request body the way the server does for JSON routes: an empty body
  * gives 0 and *out NULL; a JSON object gives 0 and *out (new reference, the
