@@ -83,7 +83,9 @@ struct ap_rsm {
     void (*close_cb)(void *data);
     void *close_data;
 
-    uint64_t recorded_term; /* Term in which this leader recorded the initial peers. */
+    uint64_t recorded_term;       /* Term in which this leader recorded the initial peers. */
+    enum ap_rsm_role logged_role; /* Last role written to the log. */
+    uint64_t logged_leader;       /* Last leader id written to the log. */
     struct ap_metric *m_proposals, *m_entries, *m_latency, *m_term, *m_commit, *m_applied,
         *m_snapshots, *m_is_leader;
     uint64_t snapshots_seen;
@@ -320,9 +322,27 @@ static void record_initial_peers(struct ap_rsm *r)
     }
 }
 
+/* raft 0.15 has no leadership callback (RAFT-NOTES pitfall 6): poll once
+ * per loop iteration and log each change, so an operator can follow elections. */
+static void log_role_changes(struct ap_rsm *r)
+{
+    enum ap_rsm_role role = ap_rsm_role(r);
+    raft_id leader = 0;
+    const char *addr = NULL;
+    raft_leader(&r->raft, &leader, &addr);
+    if (role != r->logged_role || leader != r->logged_leader) {
+        AP_LOG(AP_LOG_INFO, "raft_role_changed id=%llu role=%s term=%llu leader=%llu",
+               (unsigned long long)r->id, ap_rsm_role_name(role),
+               (unsigned long long)r->raft.current_term, (unsigned long long)leader);
+        r->logged_role = role;
+        r->logged_leader = leader;
+    }
+}
+
 static void on_commit_check(uv_check_t *h)
 {
     struct ap_rsm *r = AP_CONTAINER_OF(h, struct ap_rsm, commit_check);
+    log_role_changes(r);
     record_initial_peers(r);
     /* docs/replication.md: entries applied in one loop iteration share one
      * SQLite transaction; they are already durable in the raft log. */
@@ -496,7 +516,7 @@ static void change_finish(struct change_req *c, int status, const char *msg)
 {
     AP_LOG(status == 0 ? AP_LOG_INFO : AP_LOG_WARN,
            "rsm_member_change id=%llu op=%s status=%s msg=\"%s\"", (unsigned long long)c->m.id,
-           c->remove ? "remove" : "add", ap_err_code(status), msg);
+           c->remove ? "remove" : "add", status == 0 ? "ok" : ap_err_code(status), msg);
     if (c->cb != NULL) {
         c->cb(c->data, status, msg);
     }
