@@ -161,9 +161,9 @@ trap 'exit 130' INT TERM
 start_archipel() {
   log "starting archipel: 3 nodes on ${ARCH_IPS[*]} (archipel dev, data in $work/archipel)"
   if [ "$ignore_sigpipe" = 1 ]; then
-    (trap '' PIPE; exec "$archipel" dev --dir "$work/archipel" >"$work/dev.out" 2>&1) &
+    (trap '' PIPE; exec "$archipel" dev --sites 0 --dir "$work/archipel" >"$work/dev.out" 2>&1) &
   else
-    "$archipel" dev --dir "$work/archipel" >"$work/dev.out" 2>&1 &
+    "$archipel" dev --sites 0 --dir "$work/archipel" >"$work/dev.out" 2>&1 &
   fi
   dev_pid=$!
   local i
