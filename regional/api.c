@@ -5,7 +5,7 @@
 #include "ap/base.h"
 #include "ap/err.h"
 #include "ap/hlc.h"
-#include "ap/httpc.h"
+#include "ap/rsm_http.h"
 #include "ap/instjson.h"
 #include "ap/log.h"
 #include "ap/uuid.h"
@@ -17,188 +17,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FORWARDED_HEADER "X-Archipel-Forwarded"
-
-/* ---- forwarding to the leader (docs/api.md: followers answer as if the leader were asked) ---- */
-
-struct forward {
-    struct regional_node *n;
-    struct ap_http_req *req;
-    uint64_t leader_id;
-    char leader_http[64];
-};
-
-static json_t *leader_json(struct regional_node *n)
-{
-    struct ap_rsm_member l;
-    if (ap_rsm_leader(n->rsm, &l) != 0) {
-        return json_null();
-    }
-    return json_pack("{s:I, s:s}", "id", (json_int_t)l.id, "http", l.http);
-}
-
-static void reply_no_leader(struct regional_node *n, struct ap_http_req *req, const char *why)
-{
-    char msg[160];
-    snprintf(msg, sizeof msg, "region %s: %s; retry shortly", n->cfg.region, why);
-    ap_http_reply_error(req, 503, "no_leader", msg, json_pack("{s:o}", "leader", leader_json(n)));
-}
-
-static void forward_done(int err, struct ap_httpc_resp *resp, const char *errmsg, void *data)
-{
-    struct forward *f = data;
-    if (err != 0) {
-        char msg[AP_ERRMSG_SIZE + 96];
-        snprintf(msg, sizeof msg, "forward to leader %" PRIu64 " at %s: %s", f->leader_id,
-                 f->leader_http, errmsg != NULL ? errmsg : ap_strerror(err));
-        ap_http_reply_error(f->req, 503, "leader_unreachable", msg, NULL);
-    } else {
-        ap_http_reply_raw(f->req, resp->status,
-                          resp->content_type != NULL ? resp->content_type : "application/json",
-                          resp->body != NULL ? resp->body : "", resp->body_len);
-    }
-    ap_free(f);
-}
-
-/*
- * The query arguments the leader needs, percent-encoded ("?site=a&tenant=b" or
- * ""). ap_http gives decoded arguments only, so the known ones are rebuilt;
- * "stale" is never forwarded (a follower answers stale reads itself).
- */
-static void forwarded_query(struct ap_http_req *req, char *out, size_t n)
-{
-    static const char *const keys[] = {"site", "tenant", "deleted"};
-    static const char hex[] = "0123456789ABCDEF";
-    size_t k = 0;
-    out[0] = '\0';
-    for (size_t i = 0; i < AP_ARRAY_LEN(keys); i++) {
-        const char *v = ap_http_req_query(req, keys[i]);
-        if (v == NULL) {
-            continue;
-        }
-        size_t need = 1 + strlen(keys[i]) + 1 + 3 * strlen(v) + 1;
-        if (k + need > n) {
-            break; /* Longer than any valid value: the leader answers without it. */
-        }
-        k += (size_t)snprintf(out + k, n - k, "%c%s=", k == 0 ? '?' : '&', keys[i]);
-        for (const unsigned char *p = (const unsigned char *)v; *p != '\0'; p++) {
-            if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-                *p == '-' || *p == '_' || *p == '.' || *p == '~') {
-                out[k++] = (char)*p;
-            } else {
-                out[k++] = '%';
-                out[k++] = hex[*p >> 4];
-                out[k++] = hex[*p & 15];
-            }
-        }
-        out[k] = '\0';
-    }
-}
-
-/* Send req to the leader and relay its answer. */
 static void forward(struct regional_node *n, struct ap_http_req *req)
 {
-    struct ap_rsm_member leader;
-    if (ap_http_req_header(req, FORWARDED_HEADER) != NULL) {
-        /* Already forwarded once: our view of the leader is stale; let the client retry. */
-        reply_no_leader(n, req, "this node is not the leader any more");
-        return;
-    }
-    if (ap_rsm_leader(n->rsm, &leader) != 0 || leader.id == n->cfg.id || leader.http[0] == '\0') {
-        reply_no_leader(n, req, "no leader is known");
-        return;
-    }
-    struct forward *f = ap_calloc(1, sizeof *f);
-    if (f == NULL) {
-        ap_http_reply_err(req, AP_ENOMEM, "out of memory");
-        return;
-    }
-    f->n = n;
-    f->req = req;
-    f->leader_id = leader.id;
-    ap_strlcpy(f->leader_http, leader.http, sizeof f->leader_http);
-
-    char url[512], fwd_hdr[64], auth_hdr[1024];
-    const char *headers[4];
-    size_t nh = 0, body_len = 0;
-    const uint8_t *body = ap_http_req_body(req, &body_len);
-    char query[256];
-    forwarded_query(req, query, sizeof query);
-    snprintf(url, sizeof url, "http://%s%s%s", leader.http, ap_http_req_path(req), query);
-    snprintf(fwd_hdr, sizeof fwd_hdr, FORWARDED_HEADER ": %" PRIu64, n->cfg.id);
-    headers[nh++] = fwd_hdr;
-    if (body_len > 0) {
-        headers[nh++] = "Content-Type: application/json";
-    }
-    const char *auth = ap_http_req_header(req, "Authorization");
-    if (auth != NULL && strlen(auth) < sizeof auth_hdr - 32) {
-        snprintf(auth_hdr, sizeof auth_hdr, "Authorization: %s", auth);
-        headers[nh++] = auth_hdr;
-    }
-    headers[nh] = NULL;
-    struct ap_httpc_req hr = {
-        .method = ap_http_req_method(req),
-        .url = url,
-        .body = body,
-        .body_len = body_len,
-        .headers = headers,
-        .timeout_ms = n->cfg.forward_timeout_ms,
-        .source_ip = n->cfg.ip,
-    };
-    ap_metric_inc(n->m_forwarded);
-    int rv = ap_httpc_start(n->loop, &hr, forward_done, f);
-    if (rv != 0) {
-        ap_free(f);
-        ap_http_reply_err(req, rv, "could not forward the request to the leader");
-    }
+    ap_rsm_http_forward(n->rh, req);
 }
 
-/* ---- writes: propose on the leader, forward elsewhere ---- */
-
-struct write_ctx {
-    struct ap_http_req *req;
-    unsigned ok_status;
-    const char *region; /* Added to an object result when not NULL (quota views). */
-};
-
-static void write_done(void *data, struct ap_rsm_result *res)
-{
-    struct write_ctx *w = data;
-    if (res->status != 0) {
-        ap_http_reply_err(w->req, res->status, res->message);
-    } else {
-        json_t *v = res->value;
-        res->value = NULL;
-        if (v != NULL && w->region != NULL) {
-            json_object_set_new(v, "region", json_string(w->region));
-        }
-        ap_http_reply_json(w->req, w->ok_status, v != NULL ? v : json_object());
-    }
-    ap_free(w);
-}
-
-/* Propose cmd (taken: freed here) for req, answering ok_status with the result. */
 static void propose_ex(struct regional_node *n, struct ap_http_req *req, uint8_t *cmd, size_t len,
                        unsigned ok_status, bool add_region)
 {
-    struct write_ctx *w = ap_calloc(1, sizeof *w);
-    if (w == NULL) {
-        ap_free(cmd);
-        ap_http_reply_err(req, AP_ENOMEM, "out of memory");
-        return;
-    }
-    w->req = req;
-    w->ok_status = ok_status;
-    w->region = add_region ? n->cfg.region : NULL;
-    int rv = ap_rsm_propose(n->rsm, cmd, len, write_done, w);
-    ap_free(cmd);
-    if (rv == AP_ENOTLEADER) {
-        ap_free(w);
-        forward(n, req);
-    } else if (rv != 0) {
-        ap_free(w);
-        ap_http_reply_err(req, rv, "could not propose the write");
-    }
+    ap_rsm_http_propose(n->rh, req, cmd, len, ok_status, add_region ? "region" : NULL,
+                        n->cfg.region);
 }
 
 static void propose_or_forward(struct regional_node *n, struct ap_http_req *req, uint8_t *cmd,
@@ -207,55 +35,10 @@ static void propose_or_forward(struct regional_node *n, struct ap_http_req *req,
     propose_ex(n, req, cmd, len, ok_status, false);
 }
 
-/* ---- reads: linearizable on the leader (barrier), forwarded from followers, or ?stale=1 ---- */
-
-typedef void (*read_fn)(struct regional_node *n, struct ap_http_req *req);
-
-struct read_ctx {
-    struct regional_node *n;
-    struct ap_http_req *req;
-    read_fn fn;
-};
-
-static void read_barrier_done(void *data, int status)
+static void read_linearizable(struct regional_node *n, struct ap_http_req *req,
+                              ap_rsm_http_read_fn fn)
 {
-    struct read_ctx *c = data;
-    if (status != 0) {
-        ap_http_reply_err(c->req, status, "could not confirm leadership for a linearizable read");
-    } else {
-        c->fn(c->n, c->req);
-    }
-    ap_free(c);
-}
-
-static bool is_stale(struct ap_http_req *req)
-{
-    const char *s = ap_http_req_query(req, "stale");
-    return s != NULL && (strcmp(s, "1") == 0 || strcmp(s, "true") == 0);
-}
-
-static void read_linearizable(struct regional_node *n, struct ap_http_req *req, read_fn fn)
-{
-    if (is_stale(req)) {
-        fn(n, req);
-        return;
-    }
-    struct read_ctx *c = ap_calloc(1, sizeof *c);
-    if (c == NULL) {
-        ap_http_reply_err(req, AP_ENOMEM, "out of memory");
-        return;
-    }
-    c->n = n;
-    c->req = req;
-    c->fn = fn;
-    int rv = ap_rsm_barrier(n->rsm, read_barrier_done, c);
-    if (rv == AP_ENOTLEADER) {
-        ap_free(c);
-        forward(n, req);
-    } else if (rv != 0) {
-        ap_free(c);
-        ap_http_reply_err(req, rv, "could not start a linearizable read");
-    }
+    ap_rsm_http_read(n->rh, req, fn, n);
 }
 
 /* ---- handlers ---- */
@@ -266,152 +49,10 @@ static void h_health(struct ap_http_req *req, void *data)
     json_t *body = json_pack(
         "{s:s, s:s, s:I, s:s, s:o, s:I, s:I, s:I}", "tier", "regional", "region", n->cfg.region,
         "node", (json_int_t)n->cfg.id, "role", ap_rsm_role_name(ap_rsm_role(n->rsm)), "leader",
-        leader_json(n), "applied_index", (json_int_t)ap_rsm_applied_index(n->rsm), "commit_index",
-        (json_int_t)ap_rsm_commit_index(n->rsm), "term", (json_int_t)ap_rsm_term(n->rsm));
+        ap_rsm_http_leader_json(n->rh), "applied_index", (json_int_t)ap_rsm_applied_index(n->rsm),
+        "commit_index", (json_int_t)ap_rsm_commit_index(n->rsm), "term",
+        (json_int_t)ap_rsm_term(n->rsm));
     ap_http_reply_json(req, 200, body);
-}
-
-static void h_cluster(struct ap_http_req *req, void *data)
-{
-    struct regional_node *n = data;
-    struct ap_rsm_member_info *ms;
-    size_t count;
-    struct ap_rsm_member leader = {0};
-    if (ap_rsm_members(n->rsm, &ms, &count) != 0) {
-        ap_http_reply_err(req, AP_ENOMEM, "out of memory");
-        return;
-    }
-    ap_rsm_leader(n->rsm, &leader);
-    json_t *arr = json_array();
-    for (size_t i = 0; i < count; i++) {
-        json_array_append_new(arr,
-                              json_pack("{s:I, s:s, s:s, s:s, s:b}", "id", (json_int_t)ms[i].m.id,
-                                        "raft", ms[i].m.raft, "http", ms[i].m.http, "role",
-                                        ms[i].role, "leader", ms[i].m.id == leader.id));
-    }
-    ap_free(ms);
-    json_t *body = json_pack("{s:s, s:I, s:o, s:o, s:I, s:I, s:I, s:I}", "region", n->cfg.region,
-                             "node", (json_int_t)n->cfg.id, "members", arr, "leader",
-                             leader_json(n), "term", (json_int_t)ap_rsm_term(n->rsm),
-                             "commit_index", (json_int_t)ap_rsm_commit_index(n->rsm),
-                             "applied_index", (json_int_t)ap_rsm_applied_index(n->rsm),
-                             "last_index", (json_int_t)ap_rsm_last_index(n->rsm));
-    ap_http_reply_json(req, 200, body);
-}
-
-struct change_ctx {
-    struct ap_http_req *req;
-    json_t *member;
-    unsigned ok_status;
-};
-
-static void change_done(void *data, int status, const char *msg)
-{
-    struct change_ctx *c = data;
-    if (status != 0) {
-        json_decref(c->member);
-        ap_http_reply_err(c->req, status, msg);
-    } else {
-        ap_http_reply_json(c->req, c->ok_status, c->member);
-    }
-    ap_free(c);
-}
-
-static int valid_hostport(const char *s)
-{
-    const char *colon = strrchr(s, ':');
-    if (colon == NULL || colon == s || strlen(s) >= 64) {
-        return 0;
-    }
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    return *end == '\0' && port > 0 && port < 65536;
-}
-
-static void h_member_add(struct ap_http_req *req, void *data)
-{
-    struct regional_node *n = data;
-    static const char *const allowed[] = {"id", "raft", "http", NULL};
-    char errmsg[AP_ERRMSG_SIZE];
-    json_t *body = ap_http_req_json(req);
-    int64_t id = 0;
-    const char *raft_addr = NULL, *http = NULL;
-    int rv;
-    if (body == NULL) {
-        ap_http_reply_err(req, AP_EINVAL, "a JSON body {\"id\",\"raft\",\"http\"} is required");
-        return;
-    }
-    if ((rv = ap_http_json_check_fields(body, allowed, errmsg)) != 0 ||
-        (rv = ap_http_json_get_int(body, "id", true, 1, INT64_MAX, &id, errmsg)) != 0 ||
-        (rv = ap_http_json_get_str(body, "raft", true, 63, &raft_addr, errmsg)) != 0 ||
-        (rv = ap_http_json_get_str(body, "http", true, 63, &http, errmsg)) != 0) {
-        ap_http_reply_err(req, rv, errmsg);
-        return;
-    }
-    if (!valid_hostport(raft_addr) || !valid_hostport(http)) {
-        ap_http_reply_err(req, AP_EINVAL,
-                          !valid_hostport(raft_addr) ? "field 'raft' must be ip:port"
-                                                     : "field 'http' must be ip:port");
-        return;
-    }
-    struct ap_rsm_member m = {.id = (uint64_t)id};
-    ap_strlcpy(m.raft, raft_addr, sizeof m.raft);
-    ap_strlcpy(m.http, http, sizeof m.http);
-    struct change_ctx *c = ap_calloc(1, sizeof *c);
-    if (c == NULL) {
-        ap_http_reply_err(req, AP_ENOMEM, "out of memory");
-        return;
-    }
-    c->req = req;
-    c->ok_status = 201;
-    c->member = json_pack("{s:I, s:s, s:s, s:s}", "id", (json_int_t)id, "raft", m.raft, "http",
-                          m.http, "role", "voter");
-    rv = ap_rsm_add_member(n->rsm, &m, change_done, c);
-    if (rv != 0) {
-        json_decref(c->member);
-        ap_free(c);
-        if (rv == AP_ENOTLEADER) {
-            forward(n, req);
-        } else {
-            ap_http_reply_err(req, rv,
-                              rv == AP_EEXIST ? "a member with this id already exists"
-                                              : "could not add the member");
-        }
-    }
-}
-
-static void h_member_remove(struct ap_http_req *req, void *data)
-{
-    struct regional_node *n = data;
-    const char *ids = ap_http_req_param(req, "id");
-    char *end;
-    /* strtoull accepts "-1" (as 2^64 - 1) and leading spaces: digits only. */
-    unsigned long long id = ids[0] >= '0' && ids[0] <= '9' ? strtoull(ids, &end, 10) : 0;
-    if (id == 0 || *end != '\0') {
-        ap_http_reply_err(req, AP_EINVAL, "member id must be a positive integer");
-        return;
-    }
-    struct change_ctx *c = ap_calloc(1, sizeof *c);
-    if (c == NULL) {
-        ap_http_reply_err(req, AP_ENOMEM, "out of memory");
-        return;
-    }
-    c->req = req;
-    c->ok_status = 200;
-    c->member = json_pack("{s:I, s:s}", "id", (json_int_t)id, "status", "removed");
-    int rv = ap_rsm_remove_member(n->rsm, id, change_done, c);
-    if (rv != 0) {
-        json_decref(c->member);
-        ap_free(c);
-        if (rv == AP_ENOTLEADER) {
-            forward(n, req);
-        } else {
-            char msg[96];
-            snprintf(msg, sizeof msg, "member %llu %s", id,
-                     rv == AP_ENOTFOUND ? "is not in the cluster" : "could not be removed");
-            ap_http_reply_err(req, rv, msg);
-        }
-    }
 }
 
 static void h_site_create(struct ap_http_req *req, void *data)
@@ -452,8 +93,9 @@ static void h_site_delete(struct ap_http_req *req, void *data)
     propose_or_forward(n, req, cmd, len, 200);
 }
 
-static void read_sites(struct regional_node *n, struct ap_http_req *req)
+static void read_sites(void *data, struct ap_http_req *req)
 {
+    struct regional_node *n = data;
     json_t *sites;
     int rv = catalog__sites_list(ap_rsm_store(n->rsm), &sites);
     if (rv != 0) {
@@ -463,8 +105,9 @@ static void read_sites(struct regional_node *n, struct ap_http_req *req)
     ap_http_reply_json(req, 200, json_pack("{s:o, s:s}", "sites", sites, "region", n->cfg.region));
 }
 
-static void read_site(struct regional_node *n, struct ap_http_req *req)
+static void read_site(void *data, struct ap_http_req *req)
 {
+    struct regional_node *n = data;
     json_t *site;
     const char *name = ap_http_req_param(req, "name");
     int rv = catalog__site_get(ap_rsm_store(n->rsm), name, &site);
@@ -517,9 +160,10 @@ struct create_ctx {
     int64_t need[QUOTA_RES_N];
 };
 
-static void create_done(void *data, struct ap_rsm_result *res)
+static void create_done(void *data, struct ap_http_req *req, struct ap_rsm_result *res)
 {
     struct create_ctx *c = data;
+    (void)req;
     if (res->status == AP_EQUOTA) {
         reply_quota_exceeded(c->n, c->req, c->tenant, c->need, res->message);
     } else if (res->status != 0) {
@@ -578,14 +222,8 @@ static void h_instance_create(struct ap_http_req *req, void *data)
     c->need[QUOTA_CPU] = rec.cpu_millis;
     c->need[QUOTA_MEMORY] = rec.memory_mb;
     ap_instrec_clear(&rec);
-    rv = ap_rsm_propose(n->rsm, cmd, len, create_done, c);
-    ap_free(cmd);
-    if (rv == AP_ENOTLEADER) {
+    if (ap_rsm_http_propose_cb(n->rh, req, cmd, len, create_done, c) != 0) {
         ap_free(c);
-        forward(n, req);
-    } else if (rv != 0) {
-        ap_free(c);
-        ap_http_reply_err(req, rv, "could not propose the write");
     }
 }
 
@@ -652,8 +290,9 @@ static bool query_flag(struct ap_http_req *req, const char *name)
     return s != NULL && (strcmp(s, "1") == 0 || strcmp(s, "true") == 0);
 }
 
-static void read_instances(struct regional_node *n, struct ap_http_req *req)
+static void read_instances(void *data, struct ap_http_req *req)
 {
+    struct regional_node *n = data;
     const char *site = ap_http_req_query(req, "site");
     const char *tenant = ap_http_req_query(req, "tenant");
     json_t *arr;
@@ -675,8 +314,9 @@ static void read_instances(struct regional_node *n, struct ap_http_req *req)
                        json_pack("{s:o, s:s}", "instances", arr, "region", n->cfg.region));
 }
 
-static void read_instance(struct regional_node *n, struct ap_http_req *req)
+static void read_instance(void *data, struct ap_http_req *req)
 {
+    struct regional_node *n = data;
     struct ap_instrec r;
     const char *id = instance_id(n, req);
     if (id == NULL) {
@@ -805,8 +445,9 @@ static void h_reserve_set(struct ap_http_req *req, void *data)
     propose_ex(n, req, cmd, len, 200, true);
 }
 
-static void read_quota(struct regional_node *n, struct ap_http_req *req)
+static void read_quota(void *data, struct ap_http_req *req)
 {
+    struct regional_node *n = data;
     json_t *v;
     const char *tenant = quota_tenant(req);
     if (tenant == NULL) {
@@ -840,9 +481,6 @@ int api__register(struct regional_node *n)
         ap_http_handler h;
     } routes[] = {
         {"GET", "/v1/health", h_health},
-        {"GET", "/v1/cluster", h_cluster},
-        {"POST", "/v1/cluster/members", h_member_add},
-        {"DELETE", "/v1/cluster/members/{id}", h_member_remove},
         {"GET", "/v1/sites", h_sites_list},
         {"POST", "/v1/sites", h_site_create},
         {"GET", "/v1/sites/{name}", h_site_get},
@@ -858,8 +496,12 @@ int api__register(struct regional_node *n)
         {"PUT", "/v1/quotas/{tenant}/reserves/{site}", h_reserve_set},
         {"GET", "/metrics", h_metrics},
     };
+    int rv = ap_rsm_http_route_cluster(n->rh, n->http, NULL, NULL);
+    if (rv != 0) {
+        return rv;
+    }
     for (size_t i = 0; i < AP_ARRAY_LEN(routes); i++) {
-        int rv = ap_http_route(n->http, routes[i].method, routes[i].pattern, routes[i].h, n);
+        rv = ap_http_route(n->http, routes[i].method, routes[i].pattern, routes[i].h, n);
         if (rv != 0) {
             return rv;
         }

@@ -77,6 +77,23 @@ int regional_node_start(struct regional_node **out, uv_loop_t *loop,
     if (rv != 0) {
         goto err_after_metrics;
     }
+    static const char *const query_keys[] = {"site", "tenant", "deleted", NULL};
+    struct ap_rsm_http_config hc = {
+        .loop = loop,
+        .rsm = n->rsm,
+        .id = cfg->id,
+        .ip = cfg->ip,
+        .group_key = "region",
+        .group_name = n->cfg.region,
+        .forward_timeout_ms = cfg->forward_timeout_ms,
+        .query_keys = query_keys,
+        .m_forwarded = n->m_forwarded,
+    };
+    rv = ap_rsm_http_new(&n->rh, &hc);
+    if (rv != 0) {
+        ap_errmsg_set(errmsg, "http: %s", ap_strerror(rv));
+        goto err_after_rsm;
+    }
     rv = ap_http_server_new(&n->http, loop, cfg->ip, cfg->http_port, 0, errmsg);
     if (rv != 0) {
         ap_errmsg_wrap(errmsg, "http %s", n->http_addr);
@@ -121,6 +138,7 @@ static void rsm_closed(void *data)
     struct regional_node *n = data;
     void (*cb)(void *) = n->stop_cb;
     void *cb_data = n->stop_data;
+    ap_rsm_http_free(n->rh);
     ap_metrics_free(n->metrics);
     ap_hlc_free(n->hlc);
     ap_free(n);

@@ -7,6 +7,7 @@
 #include "ap/hlc.h"
 #include "ap/http.h"
 #include "ap/metrics.h"
+#include "ap/rsm_http.h"
 #include "ap/uuid.h"
 
 struct sitelink;
@@ -17,6 +18,7 @@ struct regional_node {
     char http_addr[64];
     char raft_addr[64];
     struct ap_rsm *rsm;
+    struct ap_rsm_http *rh; /* Forwarding, proposals, linearizable reads, /v1/cluster. */
     struct ap_http_server *http;
     struct ap_metrics *metrics;
     struct ap_hlc *hlc;       /* Stamps of writes made here (node id: the raft id). */

@@ -20,6 +20,9 @@ struct ap_http_req;
 /** Most path segments a route pattern or a routed request path may have. */
 #define AP_HTTP_MAX_SEGMENTS 16
 
+/** Longest Authorization header value relayed when forwarding (a token is at most 4 KiB). */
+#define AP_HTTP_MAX_AUTH_HEADER 4200u
+
 /** Route flag: hand the body over as bytes; no JSON parsing, any content type. */
 #define AP_HTTP_RAW_BODY 0x1u
 
