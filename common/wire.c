@@ -19,6 +19,7 @@ static const char *const type_names[] = {
     [AP_WIRE_RIGHTS_GRANT] = "rights_grant",
     [AP_WIRE_REDIRECT] = "redirect",
     [AP_WIRE_ERROR] = "error",
+    [AP_WIRE_STATE] = "state",
 };
 
 const char *ap_wire_type_name(unsigned type)

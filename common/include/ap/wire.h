@@ -27,6 +27,7 @@ enum ap_wire_type {
     AP_WIRE_RIGHTS_GRANT,
     AP_WIRE_REDIRECT,
     AP_WIRE_ERROR,
+    AP_WIRE_STATE, /* Identity state from the parent tier: signing key, users, allotments. */
 };
 
 /**
