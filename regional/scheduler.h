@@ -117,7 +117,7 @@ struct ap_sched_verdict {
 /**
  * Pick a site index for req among sites[0..n). Returns the index (>= 0), or
  * AP_ENOTFOUND when no site qualifies, or AP_EINVAL when req is NULL, sites is
- * NULL with n > 0, a resource is negative, a label set holds more than
+ * NULL with n > 0, n > INT32_MAX, a resource is negative, a label set holds more than
  * AP_SCHED_MAX_LABELS entries, exclude_sites is NULL with n_exclude > 0 or the
  * strategy is unknown (then verdicts is left untouched). When verdicts is
  * non-NULL it receives one verdict per site (n entries, caller-owned) saying
@@ -134,7 +134,7 @@ int ap_sched_pick(const struct ap_sched_site *sites, size_t n, const struct ap_s
  * Parse the "placement" object of an instance create body into req:
  * {"labels":{"zone":"south"},"capabilities":["pid_ns"],"strategy":"spread"|"pack",
  * "affinity":{"app":"db"},"anti_affinity":{"app":"web"}}, every field optional.
- * NULL j means defaults (no constraint, spread). Every field of req but the
+ * NULL j (or a JSON null) means defaults (no constraint, spread). Every field of req but the
  * resources (cpu_millis, memory_mb, which the caller fills before or after)
  * is reset, also on error; cap_names is set to caps_table. caps_table/n_caps
  * (n_caps <= AP_SCHED_MAX_CAPS, borrowed, must outlive req) map capability
