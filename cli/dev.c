@@ -5,12 +5,14 @@
 #include "ap/fs.h"
 #include "ap/err.h"
 #include "ap/httpc.h"
+#include "config.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <sodium.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -32,6 +34,12 @@
 #define HTTP_PORT       7100
 #define RAFT_PORT       7101
 #define START_TIMEOUT_S 60
+#define CTL_IP          "127.0.10.1"
+#define CTL_HTTP_PORT   7000
+#define CTL_RAFT_PORT   7001
+#define CTL_LINK_PORT   7002
+/** Lifetime of the admin token dev writes (the most the controller grants: 7 days). */
+#define ADMIN_TOKEN_TTL_S (7 * 24 * 3600)
 
 /* One child process and the exact command line that restarts it. */
 struct proc {
@@ -50,9 +58,11 @@ struct topo {
     int regions;
     int nodes;
     int sites;
-    struct proc procs[MAX_REGIONS * MAX_NODES + MAX_REGIONS * MAX_SITES];
+    struct proc procs[MAX_REGIONS * MAX_NODES + MAX_REGIONS * MAX_SITES + 1];
     int n_procs;
     int first_site; /* Index in procs of the first site process. */
+    int ctl;        /* Index in procs of the controller (the last one). */
+    char token[4096]; /* The admin token (DIR/admin.token). */
 };
 
 static volatile sig_atomic_t stop_requested;
@@ -144,6 +154,8 @@ static int plan_regions(struct topo *t)
             rv |= add_arg(p, "%d", RAFT_PORT);
             rv |= add_arg(p, "--dir");
             rv |= add_arg(p, "%s/r%d/node%d", t->dir, r, i);
+            rv |= add_arg(p, "--controller");
+            rv |= add_arg(p, "%s:%d", CTL_IP, CTL_LINK_PORT);
             for (int j = 1; j <= t->nodes; j++) {
                 rv |= add_arg(p, "--peer");
                 rv |= add_arg(p, "%d,127.0.%d.%d:%d,127.0.%d.%d:%d", j, 10 + r, j, RAFT_PORT,
@@ -192,6 +204,194 @@ static int plan_sites(struct topo *t)
         }
     }
     return 0;
+}
+
+static void reap(struct topo *t);
+static void sleep_ms(long ms);
+
+/* The controller: one node in dev, after every other process in procs. */
+static int plan_controller(struct topo *t)
+{
+    t->ctl = t->n_procs;
+    struct proc *p = &t->procs[t->n_procs++];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "controller");
+    snprintf(p->ip, sizeof p->ip, "%s", CTL_IP);
+    char log_path[sizeof p->log_path + 64];
+    snprintf(log_path, sizeof log_path, "%s/logs/controller.log", t->dir);
+    if (ap_strlcpy(p->log_path, log_path, sizeof p->log_path) >= sizeof p->log_path) {
+        return -1;
+    }
+    int rv = add_arg(p, "%s/archipel-controller", t->bin_dir);
+    rv |= add_arg(p, "--id");
+    rv |= add_arg(p, "1");
+    rv |= add_arg(p, "--ip");
+    rv |= add_arg(p, "%s", CTL_IP);
+    rv |= add_arg(p, "--http-port");
+    rv |= add_arg(p, "%d", CTL_HTTP_PORT);
+    rv |= add_arg(p, "--raft-port");
+    rv |= add_arg(p, "%d", CTL_RAFT_PORT);
+    rv |= add_arg(p, "--link-port");
+    rv |= add_arg(p, "%d", CTL_LINK_PORT);
+    rv |= add_arg(p, "--dir");
+    rv |= add_arg(p, "%s/controller/node1", t->dir);
+    rv |= add_arg(p, "--admin-password-file");
+    rv |= add_arg(p, "%s/admin.password", t->dir);
+    return rv;
+}
+
+/* Write a secret file (mode 0600) atomically. */
+static int write_secret(const char *path, const char *text)
+{
+    char tmp[PATH_MAX + 8];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        return -1;
+    }
+    size_t len = strlen(text);
+    bool ok = write(fd, text, len) == (ssize_t)len && write(fd, "\n", 1) == 1 && fsync(fd) == 0;
+    close(fd);
+    return ok && rename(tmp, path) == 0 ? 0 : -1;
+}
+
+/* DIR/admin.password: kept across restarts (the admin user exists with it). */
+static int admin_password(struct topo *t, char *out, size_t size)
+{
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/admin.password", t->dir);
+    FILE *f = fopen(path, "r");
+    if (f != NULL) {
+        bool ok = fgets(out, (int)size, f) != NULL;
+        fclose(f);
+        out[strcspn(out, "\r\n")] = '\0';
+        if (ok && strlen(out) >= 8) {
+            return 0;
+        }
+    }
+    uint8_t raw[18];
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2base64(out, size, raw, sizeof raw, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    return write_secret(path, out);
+}
+
+/* POST to the controller or a region with the admin token; the status, or -1. */
+static int http_call(const char *method, const char *url, const char *body, const char *token,
+                     json_t **out)
+{
+    char errmsg[AP_ERRMSG_SIZE], auth[4200];
+    const char *headers[3];
+    size_t nh = 0;
+    headers[nh++] = "Content-Type: application/json";
+    if (token != NULL && token[0] != '\0') {
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+        headers[nh++] = auth;
+    }
+    headers[nh] = NULL;
+    struct ap_httpc_req req = {.method = method,
+                               .url = url,
+                               .body = body,
+                               .body_len = body != NULL ? strlen(body) : 0,
+                               .headers = headers,
+                               .timeout_ms = 5000};
+    struct ap_httpc_resp resp;
+    if (ap_httpc_do(&req, &resp, errmsg) != 0) {
+        return -1;
+    }
+    int status = (int)resp.status;
+    if (out != NULL) {
+        *out = resp.body != NULL ? json_loads(resp.body, 0, NULL) : NULL;
+    }
+    ap_httpc_resp_free(&resp);
+    return status;
+}
+
+/* Wait for the controller, log in as admin, write DIR/admin.token and the CLI config. */
+static int controller_ready(struct topo *t)
+{
+    char password[64], url[128], body[256], errmsg[AP_ERRMSG_SIZE];
+    if (admin_password(t, password, sizeof password) != 0) {
+        fprintf(stderr, "archipel dev: cannot write %s/admin.password\n", t->dir);
+        return -1;
+    }
+    printf("waiting for the controller and its admin user");
+    fflush(stdout);
+    snprintf(url, sizeof url, "http://%s:%d/v1/tokens", CTL_IP, CTL_HTTP_PORT);
+    snprintf(body, sizeof body, "{\"user\":\"admin\",\"password\":\"%s\",\"ttl_seconds\":%d}",
+             password, ADMIN_TOKEN_TTL_S);
+    time_t start = time(NULL);
+    while (!stop_requested) {
+        reap(t);
+        if (t->procs[t->ctl].exited) {
+            printf("\n");
+            fprintf(stderr, "archipel dev: the controller exited; see %s\n",
+                    t->procs[t->ctl].log_path);
+            return -1;
+        }
+        json_t *resp = NULL;
+        int status = http_call("POST", url, body, NULL, &resp);
+        const char *tok = json_string_value(json_object_get(resp, "token"));
+        if (status == 201 && tok != NULL && strlen(tok) < sizeof t->token) {
+            ap_strlcpy(t->token, tok, sizeof t->token);
+            json_decref(resp);
+            break;
+        }
+        json_decref(resp);
+        if (time(NULL) - start > START_TIMEOUT_S) {
+            printf("\n");
+            fprintf(stderr, "archipel dev: no admin token after %d s; see %s\n", START_TIMEOUT_S,
+                    t->procs[t->ctl].log_path);
+            return -1;
+        }
+        printf(".");
+        fflush(stdout);
+        sleep_ms(250);
+    }
+    sodium_memzero(password, sizeof password);
+    if (stop_requested) {
+        return -1;
+    }
+    char path[PATH_MAX + 32], endpoint[64];
+    snprintf(path, sizeof path, "%s/admin.token", t->dir);
+    if (write_secret(path, t->token) != 0) {
+        fprintf(stderr, "\narchipel dev: cannot write %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    snprintf(endpoint, sizeof endpoint, "http://%s:%d", CTL_IP, CTL_HTTP_PORT);
+    char cfg_path[PATH_MAX];
+    if (cli_config_write(NULL, endpoint, t->token, errmsg) != 0) {
+        fprintf(stderr, "\narchipel dev: could not write the CLI config: %s\n", errmsg);
+    } else if (cli_config_path(cfg_path, sizeof cfg_path) == 0) {
+        printf("\n  controller ready after %lds; admin token in %s, CLI config %s",
+               (long)(time(NULL) - start), path, cfg_path);
+    }
+    printf("\n");
+    return 0;
+}
+
+/* Wait until each region's leader has the signing key from the controller. */
+static int wait_for_keys(struct topo *t)
+{
+    time_t start = time(NULL);
+    for (int r = 1; r <= t->regions && !stop_requested; r++) {
+        char url[128];
+        snprintf(url, sizeof url, "http://127.0.%d.1:%d/v1/sites", 10 + r, HTTP_PORT);
+        for (;;) {
+            int status = http_call("GET", url, NULL, t->token, NULL);
+            if (status == 200) {
+                break;
+            }
+            if (time(NULL) - start > START_TIMEOUT_S || stop_requested) {
+                fprintf(stderr,
+                        "archipel dev: region r%d did not get the signing key from the "
+                        "controller (HTTP %d); see %s/logs\n",
+                        r, status, t->dir);
+                return -1;
+            }
+            sleep_ms(200);
+        }
+    }
+    return stop_requested ? -1 : 0;
 }
 
 static int spawn(struct proc *p)
@@ -327,29 +527,19 @@ static int wait_for_leaders(struct topo *t)
 /* Register every site in its region's catalog (an existing one is fine). */
 static int register_sites(struct topo *t)
 {
-    for (int k = t->first_site; k < t->n_procs; k++) {
+    for (int k = t->first_site; k < t->ctl; k++) {
         struct proc *p = &t->procs[k];
         int r = atoi(p->name + 1);
-        char url[128], body[256], errmsg[AP_ERRMSG_SIZE];
+        char url[128], body[256];
         snprintf(url, sizeof url, "http://127.0.%d.1:%d/v1/sites", 10 + r, HTTP_PORT);
         snprintf(body, sizeof body,
                  "{\"name\":\"%s\",\"labels\":{\"region\":\"r%d\"},"
                  "\"capacity\":{\"cpu_millis\":4000,\"memory_mb\":8192,\"instances\":100}}",
                  p->name, r);
-        const char *headers[] = {"Content-Type: application/json", NULL};
-        struct ap_httpc_req req = {.method = "POST",
-                                   .url = url,
-                                   .body = body,
-                                   .body_len = strlen(body),
-                                   .headers = headers,
-                                   .timeout_ms = 5000};
-        struct ap_httpc_resp resp;
         int ok = 0;
         for (int attempt = 0; attempt < 20 && !ok && !stop_requested; attempt++) {
-            if (ap_httpc_do(&req, &resp, errmsg) == 0) {
-                ok = resp.status == 201 || resp.status == 409;
-                ap_httpc_resp_free(&resp);
-            }
+            int status = http_call("POST", url, body, t->token, NULL);
+            ok = status == 201 || status == 409;
             if (!ok) {
                 sleep_ms(250);
             }
@@ -365,7 +555,7 @@ static int register_sites(struct topo *t)
 /* Wait until every site says its link to the region is up. */
 static int wait_for_sites(struct topo *t)
 {
-    int n_sites = t->n_procs - t->first_site;
+    int n_sites = t->ctl - t->first_site;
     if (n_sites == 0) {
         return 0;
     }
@@ -375,7 +565,7 @@ static int wait_for_sites(struct topo *t)
     while (!stop_requested) {
         int linked = 0;
         reap(t);
-        for (int k = t->first_site; k < t->n_procs; k++) {
+        for (int k = t->first_site; k < t->ctl; k++) {
             if (t->procs[k].exited) {
                 printf("\n");
                 fprintf(stderr, "archipel dev: %s exited during start-up; see %s\n",
@@ -438,7 +628,7 @@ static int write_topology(struct topo *t)
         json_array_append_new(regions, json_pack("{s:s, s:o}", "name", name, "nodes", nodes));
     }
     json_t *sites = json_array();
-    for (int k = t->first_site; k < t->n_procs; k++) {
+    for (int k = t->first_site; k < t->ctl; k++) {
         const struct proc *p = &t->procs[k];
         char http[48], region[16];
         snprintf(http, sizeof http, "%s:%d", p->ip, SITE_PORT);
@@ -448,8 +638,19 @@ static int write_topology(struct topo *t)
                                         "region", region, "ip", p->ip, "http", http, "pid",
                                         (int)p->pid, "cmd", cmd_json(p), "log", p->log_path));
     }
-    json_t *top = json_pack("{s:o, s:o, s:n, s:s}", "regions", regions, "sites", sites,
-                            "controller", "dir", t->dir);
+    const struct proc *cp = &t->procs[t->ctl];
+    char c_http[48], c_raft[48], c_link[48], token_file[PATH_MAX + 32];
+    snprintf(c_http, sizeof c_http, "%s:%d", CTL_IP, CTL_HTTP_PORT);
+    snprintf(c_raft, sizeof c_raft, "%s:%d", CTL_IP, CTL_RAFT_PORT);
+    snprintf(c_link, sizeof c_link, "%s:%d", CTL_IP, CTL_LINK_PORT);
+    snprintf(token_file, sizeof token_file, "%s/admin.token", t->dir);
+    json_t *controller = json_pack(
+        "{s:[{s:i, s:s, s:s, s:s, s:s, s:i, s:o, s:s}]}", "nodes", "id", 1, "ip", CTL_IP, "http",
+        c_http, "raft", c_raft, "link", c_link, "pid", (int)cp->pid, "cmd", cmd_json(cp), "log",
+        cp->log_path);
+    json_t *top = json_pack("{s:o, s:o, s:o, s:s, s:s}", "regions", regions, "sites", sites,
+                            "controller", controller, "admin_token_file", token_file, "dir",
+                            t->dir);
     char path[PATH_MAX + 32], tmp[PATH_MAX + 40];
     snprintf(path, sizeof path, "%s/topology.json", t->dir);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
@@ -633,12 +834,21 @@ int dev__main(int argc, char **argv, const char *self_path)
     sigaction(SIGTERM, &sa, NULL);
 
     int code = 1;
-    if (plan_regions(&t) != 0 || plan_sites(&t) != 0) {
+    if (plan_regions(&t) != 0 || plan_sites(&t) != 0 || plan_controller(&t) != 0) {
         fprintf(stderr, "archipel dev: out of memory\n");
         goto out;
     }
-    printf("archipel dev: starting %d region%s of %d node%s in %s\n", t.regions,
-           t.regions == 1 ? "" : "s", t.nodes, t.nodes == 1 ? "" : "s", t.dir);
+    printf("archipel dev: starting a controller and %d region%s of %d node%s in %s\n",
+           t.regions, t.regions == 1 ? "" : "s", t.nodes, t.nodes == 1 ? "" : "s", t.dir);
+    if (spawn(&t.procs[t.ctl]) != 0) {
+        goto out_stop;
+    }
+    printf("  started %-10s pid %-7d http %s:%d  log %s\n", "controller", (int)t.procs[t.ctl].pid,
+           CTL_IP, CTL_HTTP_PORT, t.procs[t.ctl].log_path);
+    fflush(stdout);
+    if (controller_ready(&t) != 0) {
+        goto out_stop;
+    }
     for (int i = 0; i < t.first_site; i++) {
         if (spawn(&t.procs[i]) != 0) {
             goto out_stop;
@@ -647,10 +857,10 @@ int dev__main(int argc, char **argv, const char *self_path)
                t.procs[i].ip, HTTP_PORT, t.procs[i].log_path);
     }
     fflush(stdout);
-    if (wait_for_leaders(&t) != 0 || register_sites(&t) != 0) {
+    if (wait_for_leaders(&t) != 0 || wait_for_keys(&t) != 0 || register_sites(&t) != 0) {
         goto out_stop;
     }
-    for (int i = t.first_site; i < t.n_procs; i++) {
+    for (int i = t.first_site; i < t.ctl; i++) {
         if (spawn(&t.procs[i]) != 0) {
             goto out_stop;
         }
@@ -662,7 +872,8 @@ int dev__main(int argc, char **argv, const char *self_path)
         goto out_stop;
     }
     printf("archipel dev: ready; topology in %s/topology.json\n", t.dir);
-    printf("  try: curl -s http://127.0.11.1:%d/v1/health\n", HTTP_PORT);
+    printf("  try: build/bin/archipel site list   (or: curl -s http://%s:%d/v1/health)\n", CTL_IP,
+           CTL_HTTP_PORT);
     printf("press Ctrl-C to stop\n");
     fflush(stdout);
     while (!stop_requested) {

@@ -44,13 +44,50 @@ static int get_name(json_t *body, const char *key, bool required, char *out, siz
     return 0;
 }
 
+/* Instance labels: at most 32, keys and values 1-63 of [A-Za-z0-9._/-]. */
+static int check_labels(json_t *labels, char *errmsg)
+{
+    const char *k;
+    json_t *v;
+    if (labels == NULL) {
+        return 0;
+    }
+    if (json_object_size(labels) > 32) {
+        ap_errmsg_set(errmsg, "field 'labels': at most 32 labels");
+        return AP_EINVAL;
+    }
+    json_object_foreach(labels, k, v)
+    {
+        const char *val = json_string_value(v);
+        const char *parts[2] = {k, val};
+        for (int i = 0; i < 2; i++) {
+            size_t len = parts[i] != NULL ? strlen(parts[i]) : 0;
+            bool ok = len >= 1 && len <= 63;
+            for (size_t j = 0; ok && j < len; j++) {
+                char c = parts[i][j];
+                ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                     c == '-' || c == '_' || c == '.' || c == '/';
+            }
+            if (!ok) {
+                ap_errmsg_set(errmsg,
+                              "field 'labels': key and value of '%.63s' must be strings of 1-63 "
+                              "letters, digits, '-', '_', '.', '/'",
+                              k);
+                return AP_EINVAL;
+            }
+        }
+    }
+    return 0;
+}
+
 int ap_instjson_parse_create(json_t *body, const char *default_site, struct ap_instrec *r,
                              char *errmsg)
 {
-    static const char *const allowed[] = {"name", "tenant",    "site",    "command", "env",
-                                          "cwd",  "resources", "restart", NULL};
+    static const char *const allowed[] = {"name",    "tenant",    "site",    "command",
+                                          "env",     "cwd",       "resources", "restart",
+                                          "labels",  "placement", NULL};
     static const char *const res_allowed[] = {"cpu_millis", "memory_mb", NULL};
-    json_t *command = NULL, *env = NULL, *res = NULL;
+    json_t *command = NULL, *env = NULL, *res = NULL, *labels = NULL, *placement = NULL;
     const char *cwd = NULL, *restart = "always";
     int rv;
 
@@ -68,6 +105,9 @@ int ap_instjson_parse_create(json_t *body, const char *default_site, struct ap_i
         (rv = ap_http_json_get_obj(body, "env", false, &env, errmsg)) != 0 ||
         (rv = ap_http_json_get_str(body, "cwd", false, 4095, &cwd, errmsg)) != 0 ||
         (rv = ap_http_json_get_obj(body, "resources", false, &res, errmsg)) != 0 ||
+        (rv = ap_http_json_get_obj(body, "labels", false, &labels, errmsg)) != 0 ||
+        (rv = ap_http_json_get_obj(body, "placement", false, &placement, errmsg)) != 0 ||
+        (rv = check_labels(labels, errmsg)) != 0 ||
         (rv = ap_http_json_get_str(body, "restart", false, 16, &restart, errmsg)) != 0) {
         return rv;
     }
@@ -75,7 +115,7 @@ int ap_instjson_parse_create(json_t *body, const char *default_site, struct ap_i
         if (default_site != NULL && strcmp(default_site, "") != 0) {
             ap_strlcpy(r->site, default_site, sizeof r->site);
         }
-    } else if (default_site != NULL && strcmp(r->site, default_site) != 0) {
+    } else if (default_site != NULL && default_site[0] != '\0' && strcmp(r->site, default_site) != 0) {
         ap_errmsg_set(errmsg, "field 'site': this is site '%s', not '%s'", default_site, r->site);
         return AP_EINVAL;
     }
@@ -129,10 +169,11 @@ int ap_instjson_parse_create(json_t *body, const char *default_site, struct ap_i
             return rv;
         }
     }
-    json_t *spec = json_pack("{s:O, s:o, s:s?, s:{s:I, s:I}, s:s}", "command", command, "env",
-                             env != NULL ? json_deep_copy(env) : json_object(), "cwd", cwd,
+    json_t *spec = json_pack("{s:O, s:o, s:s?, s:{s:I, s:I}, s:s, s:o}", "command", command,
+                             "env", env != NULL ? json_deep_copy(env) : json_object(), "cwd", cwd,
                              "resources", "cpu_millis", (json_int_t)r->cpu_millis, "memory_mb",
-                             (json_int_t)r->memory_mb, "restart", restart);
+                             (json_int_t)r->memory_mb, "restart", restart, "labels",
+                             labels != NULL ? json_deep_copy(labels) : json_object());
     if (spec == NULL) {
         return AP_ENOMEM;
     }
@@ -172,7 +213,8 @@ json_t *ap_instjson_render(const struct ap_instrec *r)
         json_decref(spec);
         return NULL;
     }
-    static const char *const spec_keys[] = {"command", "env", "cwd", "resources", "restart"};
+    static const char *const spec_keys[] = {"command",   "env",     "cwd",
+                                            "resources", "restart", "labels"};
     for (size_t i = 0; i < AP_ARRAY_LEN(spec_keys); i++) {
         json_t *v = json_object_get(spec, spec_keys[i]);
         json_object_set(out, spec_keys[i], v != NULL ? v : json_null());

@@ -152,6 +152,30 @@ void api__drop_waiters(struct edge_node *n)
     }
 }
 
+/* ---- who is asking (docs/security.md) ---- */
+
+/*
+ * Authenticate req: true with *c (NULL while this site has never received a
+ * signing key: authentication is off until its region passes one down);
+ * false after answering 401.
+ */
+static bool who(struct edge_node *n, struct ap_http_req *req, const struct ap_claims **c)
+{
+    uint8_t pk[AP_TOKEN_PK_SIZE];
+    *c = NULL;
+    if (shard__auth_key(n->shard, pk) != 0) {
+        return true;
+    }
+    *c = ap_authn_request(n->authn, req);
+    return *c != NULL;
+}
+
+static bool allow(struct edge_node *n, struct ap_http_req *req, const struct ap_claims *c,
+                  enum ap_action act, const char *tenant)
+{
+    return c == NULL || ap_authn_allow(req, c, act, tenant, n->cfg.region, n->cfg.site);
+}
+
 static struct ap_hlc_ts stamp(struct edge_node *n)
 {
     return ap_hlc_now(n->hlc);
@@ -162,9 +186,17 @@ static void h_create(struct ap_http_req *req, void *data)
     struct edge_node *n = data;
     char errmsg[AP_ERRMSG_SIZE];
     struct ap_instrec rec;
+    const struct ap_claims *c;
+    if (!who(n, req, &c)) {
+        return;
+    }
     int rv = ap_instjson_parse_create(ap_http_req_json(req), n->cfg.site, &rec, errmsg);
     if (rv != 0) {
         ap_http_reply_err(req, rv, errmsg);
+        return;
+    }
+    if (!allow(n, req, c, AP_ACT_WRITE, rec.tenant)) {
+        ap_instrec_clear(&rec);
         return;
     }
     if (ap_uuid_gen_next(&n->uuids, ap_hlc_wall_realtime(NULL), rec.id) != 0) {
@@ -217,6 +249,10 @@ static void h_list(struct ap_http_req *req, void *data)
     struct edge_node *n = data;
     struct ap_instrec *list;
     size_t count;
+    const struct ap_claims *c;
+    if (!who(n, req, &c)) {
+        return;
+    }
     const char *tenant = ap_http_req_query(req, "tenant");
     const char *site = ap_http_req_query(req, "site");
     if (site != NULL && strcmp(site, n->cfg.site) != 0) {
@@ -232,16 +268,30 @@ static void h_list(struct ap_http_req *req, void *data)
     }
     json_t *arr = json_array();
     for (size_t i = 0; i < count; i++) {
-        json_array_append_new(arr, ap_instjson_render(&list[i]));
+        struct ap_target t = {.tenant = list[i].tenant, .region = n->cfg.region,
+                              .site = n->cfg.site};
+        if (c == NULL || ap_authz_check(c, AP_ACT_READ, &t, NULL) == 0) {
+            json_array_append_new(arr, ap_instjson_render(&list[i]));
+        }
     }
     shard__free_list(list, count);
     ap_http_reply_json(req, 200, json_pack("{s:o, s:s}", "instances", arr, "site", n->cfg.site));
 }
 
-static int load(struct edge_node *n, struct ap_http_req *req, struct ap_instrec *rec)
+/* The instance of an {id} route, after checking c may do act on it; else answered. */
+static int load(struct edge_node *n, struct ap_http_req *req, struct ap_instrec *rec,
+                enum ap_action act)
 {
+    const struct ap_claims *c;
+    if (!who(n, req, &c)) {
+        return AP_EAUTH;
+    }
     const char *id = ap_http_req_param(req, "id");
     int rv = shard__get(n->shard, id, rec);
+    if (rv == 0 && !allow(n, req, c, act, rec->tenant)) {
+        ap_instrec_clear(rec);
+        return AP_EPERM;
+    }
     if (rv == AP_ENOTFOUND) {
         char msg[160];
         snprintf(msg, sizeof msg, "instance %.40s not found on site %s", id, n->cfg.site);
@@ -256,7 +306,7 @@ static void h_get(struct ap_http_req *req, void *data)
 {
     struct edge_node *n = data;
     struct ap_instrec rec;
-    if (load(n, req, &rec) == 0) {
+    if (load(n, req, &rec, AP_ACT_READ) == 0) {
         reply_record(req, 200, &rec);
         ap_instrec_clear(&rec);
     }
@@ -265,7 +315,7 @@ static void h_get(struct ap_http_req *req, void *data)
 static void set_desired(struct edge_node *n, struct ap_http_req *req, enum ap_desired d)
 {
     struct ap_instrec rec;
-    if (load(n, req, &rec) != 0) {
+    if (load(n, req, &rec, AP_ACT_WRITE) != 0) {
         return;
     }
     if (rec.desired == AP_DESIRED_DELETED) {
@@ -311,7 +361,7 @@ static void h_logs(struct ap_http_req *req, void *data)
 {
     struct edge_node *n = data;
     struct ap_instrec rec;
-    if (load(n, req, &rec) != 0) {
+    if (load(n, req, &rec, AP_ACT_READ) != 0) {
         return;
     }
     ap_instrec_clear(&rec);
@@ -353,7 +403,15 @@ static void h_quota(struct ap_http_req *req, void *data)
 {
     struct edge_node *n = data;
     struct shard_rights rt;
+    const struct ap_claims *c;
+    if (!who(n, req, &c)) {
+        return;
+    }
     const char *tenant = ap_http_req_param(req, "tenant");
+    if (c != NULL && !ap_authz_any_tenant(c, tenant)) {
+        allow(n, req, c, AP_ACT_READ, tenant);
+        return;
+    }
     int rv = shard__rights(n->shard, tenant, &rt);
     if (rv != 0) {
         ap_http_reply_err(req, rv, shard__errmsg(n->shard));

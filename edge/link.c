@@ -331,6 +331,12 @@ static void on_msg(struct ap_conn *c, const struct ap_wire_msg *m)
             ap_conn_close(c, NULL);
         }
         break;
+    case AP_WIRE_STATE:
+        /* docs/security.md: what this site authenticates with while cut off. */
+        if (shard__auth_put(l->sh, &up.data) != 0) {
+            AP_LOG(AP_LOG_WARN, "link_state_rejected err=\"%s\"", shard__errmsg(l->sh));
+        }
+        break;
     case AP_WIRE_ACK:
         if (ap_mp_get_u64(&up.data, "to", &v, INT64_MAX, true, NULL) == 0) {
             if (l->inflight > 0) {

@@ -107,6 +107,18 @@ static uint32_t site_node_id(const char *site)
     return h | 0x80000000u;
 }
 
+static int authn_key(void *data, uint8_t pk[AP_TOKEN_PK_SIZE])
+{
+    struct edge_node *n = data;
+    return shard__auth_key(n->shard, pk);
+}
+
+static int authn_user(void *data, const char *user, uint64_t *min_gen, bool *deleted)
+{
+    struct edge_node *n = data;
+    return shard__auth_user(n->shard, user, min_gen, deleted);
+}
+
 int edge_node_start(struct edge_node **out, uv_loop_t *loop, const struct edge_config *cfg,
                     char *errmsg)
 {
@@ -132,9 +144,11 @@ int edge_node_start(struct edge_node **out, uv_loop_t *loop, const struct edge_c
         ap_free(n);
         return rv;
     }
+    struct ap_authn_source authn_src = {.key = authn_key, .user = authn_user, .data = n};
     if ((rv = ap_hlc_new(&n->hlc, site_node_id(cfg->site), AP_HLC_DEFAULT_MAX_OFFSET_MS,
                          ap_hlc_wall_realtime, NULL)) != 0 ||
-        (rv = ap_uuid_gen_init(&n->uuids)) != 0 || (rv = ap_metrics_new(&n->metrics)) != 0) {
+        (rv = ap_uuid_gen_init(&n->uuids)) != 0 || (rv = ap_metrics_new(&n->metrics)) != 0 ||
+        (rv = ap_authn_new(&n->authn, &authn_src, 8)) != 0) {
         ap_errmsg_set(errmsg, "init: %s", ap_strerror(rv));
         return rv;
     }
@@ -226,6 +240,7 @@ static void stop_step(void *data)
     shard__close(n->shard);
     ap_hlc_free(n->hlc);
     ap_metrics_free(n->metrics);
+    ap_authn_free(n->authn);
     ap_free(n);
     if (cb != NULL) {
         cb(cb_data);

@@ -2,6 +2,7 @@
 #ifndef EDGE_NODE_INTERNAL_H
 #define EDGE_NODE_INTERNAL_H
 
+#include "ap/authn.h"
 #include "node.h"
 
 #include "ap/hlc.h"
@@ -21,6 +22,7 @@ struct edge_node {
     struct reconcile *reconcile;
     struct ap_http_server *http;
     struct ap_metrics *metrics;
+    struct ap_authn *authn; /* Tokens, checked with the key the region passed down. */
     struct ap_hlc *hlc;
     struct ap_uuid_gen uuids;
     struct rights_waiter *waiters; /* Creates waiting for rights from the region. */

@@ -36,6 +36,12 @@ static const struct ap_store_migration migrations[] = {
         " reserve INTEGER NOT NULL DEFAULT 0, seq INTEGER NOT NULL DEFAULT 0,"
         " echo INTEGER NOT NULL DEFAULT 1,"
         " PRIMARY KEY(tenant, resource));"},
+    /* 2: what the region passes down from the controller, to authenticate while cut off
+     * (docs/security.md): the signing public key and users' grant generations. */
+    {2, "CREATE TABLE auth_key(id INTEGER PRIMARY KEY CHECK (id = 1), pk BLOB NOT NULL,"
+        " version INTEGER NOT NULL);"
+        "CREATE TABLE auth_users("
+        " name TEXT PRIMARY KEY, gen INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0);"},
 };
 
 static const char *res_names[SHARD_RES_N] = {"instances", "cpu_millis", "memory_mb"};
@@ -599,4 +605,102 @@ int shard__set_meta(struct shard *s, const char *key, uint64_t value)
     ap_store_bind_int64(s->st, stmt, 2, (int64_t)value);
     rv = ap_store_step_done(s->st, stmt);
     return rv != 0 ? fail(s, rv, "write meta") : 0;
+}
+
+/* ---- identity state from the region (docs/security.md) ---- */
+
+int shard__auth_put(struct shard *s, const msgpack_object *state)
+{
+    uint64_t version = 0;
+    const uint8_t *pk = NULL;
+    size_t pk_len = 0;
+    const msgpack_object *users = NULL;
+    int rv;
+    if ((rv = ap_mp_get_u64(state, "version", &version, INT64_MAX, true, s->errmsg)) != 0 ||
+        (rv = ap_mp_get_bin(state, "pk", &pk, &pk_len, 32, false, s->errmsg)) != 0 ||
+        (rv = ap_mp_get_array(state, "users", &users, 1u << 20, true, s->errmsg)) != 0) {
+        return rv;
+    }
+    if (pk == NULL || pk_len != 32) {
+        return 0; /* The region has no key yet: nothing to enforce. */
+    }
+    rv = shard__begin(s);
+    sqlite3_stmt *stmt;
+    if (rv == 0) {
+        rv = ap_store_exec(s->st, "DELETE FROM auth_users");
+    }
+    if (rv == 0) {
+        rv = ap_store_prepare(s->st,
+                              "INSERT OR REPLACE INTO auth_key(id, pk, version) VALUES(1, ?1, ?2)",
+                              &stmt);
+    }
+    if (rv == 0) {
+        ap_store_bind_blob(s->st, stmt, 1, pk, 32);
+        ap_store_bind_int64(s->st, stmt, 2, (int64_t)version);
+        rv = ap_store_step_done(s->st, stmt);
+    }
+    for (uint32_t i = 0; rv == 0 && i < users->via.array.size; i++) {
+        const msgpack_object *u = &users->via.array.ptr[i];
+        char name[64];
+        uint64_t gen = 0;
+        bool deleted = false;
+        if (u->type != MSGPACK_OBJECT_ARRAY || u->via.array.size != 3 ||
+            ap_mp_as_str(&u->via.array.ptr[0], "user", name, sizeof name, s->errmsg) != 0 ||
+            ap_mp_as_u64(&u->via.array.ptr[1], "gen", &gen, INT64_MAX, s->errmsg) != 0 ||
+            ap_mp_as_bool(&u->via.array.ptr[2], "deleted", &deleted, s->errmsg) != 0) {
+            rv = AP_EPROTO;
+            break;
+        }
+        rv = ap_store_prepare(s->st,
+                              "INSERT OR REPLACE INTO auth_users(name, gen, deleted)"
+                              " VALUES(?1, ?2, ?3)",
+                              &stmt);
+        if (rv == 0) {
+            ap_store_bind_text(s->st, stmt, 1, name);
+            ap_store_bind_int64(s->st, stmt, 2, (int64_t)gen);
+            ap_store_bind_int64(s->st, stmt, 3, deleted ? 1 : 0);
+            rv = ap_store_step_done(s->st, stmt);
+        }
+    }
+    if (rv == 0) {
+        rv = shard__commit(s);
+    } else {
+        shard__rollback(s);
+    }
+    return rv;
+}
+
+int shard__auth_key(struct shard *s, uint8_t pk[32])
+{
+    sqlite3_stmt *stmt;
+    int rv = ap_store_prepare(s->st, "SELECT pk FROM auth_key WHERE id=1", &stmt);
+    if (rv != 0) {
+        return rv;
+    }
+    rv = ap_store_step(s->st, stmt) == AP_STORE_ROW && sqlite3_column_bytes(stmt, 0) == 32
+             ? 0
+             : AP_ENOTFOUND;
+    if (rv == 0) {
+        memcpy(pk, sqlite3_column_blob(stmt, 0), 32);
+    }
+    ap_store_reset(stmt);
+    return rv;
+}
+
+int shard__auth_user(struct shard *s, const char *user, uint64_t *gen, bool *deleted)
+{
+    sqlite3_stmt *stmt;
+    int rv = ap_store_prepare(s->st, "SELECT gen, deleted FROM auth_users WHERE name=?1", &stmt);
+    if (rv != 0) {
+        return rv;
+    }
+    ap_store_bind_text(s->st, stmt, 1, user);
+    rv = AP_ENOTFOUND;
+    if (ap_store_step(s->st, stmt) == AP_STORE_ROW) {
+        *gen = (uint64_t)sqlite3_column_int64(stmt, 0);
+        *deleted = sqlite3_column_int(stmt, 1) != 0;
+        rv = 0;
+    }
+    ap_store_reset(stmt);
+    return rv;
 }

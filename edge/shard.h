@@ -96,4 +96,17 @@ uint64_t shard__seq(const struct shard *s);
 uint64_t shard__meta(struct shard *s, const char *key);
 int shard__set_meta(struct shard *s, const char *key, uint64_t value);
 
+/**
+ * Replace the identity state with a STATE body from the region (msgpack
+ * {"version","pk","users":[[name,gen,deleted]]}), durably. A body without a key
+ * changes nothing. Returns 0 or an AP_E* code.
+ */
+int shard__auth_put(struct shard *s, const msgpack_object *state);
+
+/** The signing public key; AP_ENOTFOUND until a region sent one (then auth is off). */
+int shard__auth_key(struct shard *s, uint8_t pk[32]);
+
+/** A user's generation and deletion as last heard; AP_ENOTFOUND. */
+int shard__auth_user(struct shard *s, const char *user, uint64_t *gen, bool *deleted);
+
 #endif

@@ -10,6 +10,7 @@
 #include "ap/log.h"
 #include "ap/uuid.h"
 #include "catalog.h"
+#include "placement.h"
 #include "site.h"
 
 #include <inttypes.h>
@@ -41,6 +42,44 @@ static void read_linearizable(struct regional_node *n, struct ap_http_req *req,
     ap_rsm_http_read(n->rh, req, fn, n);
 }
 
+/* ---- who is asking (docs/security.md) ---- */
+
+/*
+ * Authenticate req: true with *c set (NULL when this region runs without a
+ * controller, i.e. with authentication off); false after answering 401.
+ */
+static bool who(struct regional_node *n, struct ap_http_req *req, const struct ap_claims **c)
+{
+    *c = NULL;
+    if (n->authn == NULL) {
+        return true;
+    }
+    *c = ap_authn_request(n->authn, req);
+    return *c != NULL;
+}
+
+/* May c do act on tenant's things at site (NULL: anywhere in the region)? Answers 403. */
+static bool allow(struct regional_node *n, struct ap_http_req *req, const struct ap_claims *c,
+                  enum ap_action act, const char *tenant, const char *site)
+{
+    return c == NULL || ap_authn_allow(req, c, act, tenant, n->cfg.region, site);
+}
+
+static bool can_see(struct regional_node *n, const struct ap_claims *c, const char *tenant,
+                    const char *site)
+{
+    struct ap_target t = {.tenant = tenant, .region = n->cfg.region, .site = site};
+    return c == NULL || ap_authz_check(c, AP_ACT_READ, &t, NULL) == 0;
+}
+
+/* Authenticated, and an operator when write: the guard of /v1/cluster and of site writes. */
+static bool operator_guard(struct ap_http_req *req, bool write, void *data)
+{
+    struct regional_node *n = data;
+    const struct ap_claims *c;
+    return who(n, req, &c) && (!write || allow(n, req, c, AP_ACT_OPERATE, NULL, NULL));
+}
+
 /* ---- handlers ---- */
 
 static void h_health(struct ap_http_req *req, void *data)
@@ -58,6 +97,9 @@ static void h_health(struct ap_http_req *req, void *data)
 static void h_site_create(struct ap_http_req *req, void *data)
 {
     struct regional_node *n = data;
+    if (!operator_guard(req, true, n)) {
+        return;
+    }
     struct site_spec spec;
     char errmsg[AP_ERRMSG_SIZE];
     int rv = site__from_json(ap_http_req_json(req), &spec, errmsg);
@@ -78,6 +120,9 @@ static void h_site_create(struct ap_http_req *req, void *data)
 static void h_site_delete(struct ap_http_req *req, void *data)
 {
     struct regional_node *n = data;
+    if (!operator_guard(req, true, n)) {
+        return;
+    }
     const char *name = ap_http_req_param(req, "name");
     if (!site__valid_name(name)) {
         ap_http_reply_err(req, AP_ENOTFOUND, "no site has this name");
@@ -96,6 +141,9 @@ static void h_site_delete(struct ap_http_req *req, void *data)
 static void read_sites(void *data, struct ap_http_req *req)
 {
     struct regional_node *n = data;
+    if (!operator_guard(req, false, n)) {
+        return;
+    }
     json_t *sites;
     int rv = catalog__sites_list(ap_rsm_store(n->rsm), &sites);
     if (rv != 0) {
@@ -108,6 +156,9 @@ static void read_sites(void *data, struct ap_http_req *req)
 static void read_site(void *data, struct ap_http_req *req)
 {
     struct regional_node *n = data;
+    if (!operator_guard(req, false, n)) {
+        return;
+    }
     json_t *site;
     const char *name = ap_http_req_param(req, "name");
     int rv = catalog__site_get(ap_rsm_store(n->rsm), name, &site);
@@ -156,6 +207,8 @@ static void reply_quota_exceeded(struct regional_node *n, struct ap_http_req *re
 struct create_ctx {
     struct regional_node *n;
     struct ap_http_req *req;
+    bool placed; /* Placed here: settle the pending placement when done. */
+    char site[AP_INSTREC_NAME_SIZE];
     char tenant[AP_INSTREC_NAME_SIZE];
     int64_t need[QUOTA_RES_N];
 };
@@ -164,6 +217,10 @@ static void create_done(void *data, struct ap_http_req *req, struct ap_rsm_resul
 {
     struct create_ctx *c = data;
     (void)req;
+    if (c->placed) {
+        placement__settle(c->n->placement, c->site, c->need[QUOTA_CPU], c->need[QUOTA_MEMORY],
+                          res->status == 0);
+    }
     if (res->status == AP_EQUOTA) {
         reply_quota_exceeded(c->n, c->req, c->tenant, c->need, res->message);
     } else if (res->status != 0) {
@@ -181,19 +238,51 @@ static void h_instance_create(struct ap_http_req *req, void *data)
     struct regional_node *n = data;
     struct ap_instrec rec;
     char errmsg[AP_ERRMSG_SIZE];
+    const struct ap_claims *claims;
     if (ap_rsm_role(n->rsm) != AP_RSM_LEADER) {
-        /* The leader names and stamps the instance. */
+        /* The leader names, stamps and places the instance. */
         forward(n, req);
         return;
     }
-    int rv = ap_instjson_parse_create(ap_http_req_json(req), NULL, &rec, errmsg);
+    if (!who(n, req, &claims)) {
+        return;
+    }
+    json_t *body = ap_http_req_json(req);
+    int rv = ap_instjson_parse_create(body, "", &rec, errmsg);
     if (rv != 0) {
         ap_http_reply_err(req, rv, errmsg);
+        return;
+    }
+    bool placed = rec.site[0] == '\0';
+    if (placed) {
+        /* Implicit placement (docs/scheduler.md): among the sites this user may write to. */
+        if (claims != NULL && !ap_authz_any_tenant(claims, rec.tenant)) {
+            allow(n, req, claims, AP_ACT_WRITE, rec.tenant, NULL);
+            ap_instrec_clear(&rec);
+            return;
+        }
+        rv = placement__pick(n->placement, ap_rsm_store(n->rsm), ap_rsm_applied_index(n->rsm),
+                             json_object_get(body, "placement"), rec.tenant, rec.cpu_millis,
+                             rec.memory_mb, claims, rec.site, errmsg);
+        if (rv != 0) {
+            ap_instrec_clear(&rec);
+            if (rv == AP_ENOTFOUND) {
+                ap_http_reply_error(req, 409, "no_capacity", errmsg, NULL);
+            } else {
+                ap_http_reply_err(req, rv, errmsg);
+            }
+            return;
+        }
+    } else if (!allow(n, req, claims, AP_ACT_WRITE, rec.tenant, rec.site)) {
+        ap_instrec_clear(&rec);
         return;
     }
     uint64_t now = ap_hlc_wall_realtime(NULL);
     rv = ap_uuid_gen_next(&n->uuids, now, rec.id);
     if (rv != 0) {
+        if (placed) {
+            placement__settle(n->placement, rec.site, rec.cpu_millis, rec.memory_mb, false);
+        }
         ap_instrec_clear(&rec);
         ap_http_reply_err(req, AP_EINTERNAL, "could not generate an instance id");
         return;
@@ -211,20 +300,112 @@ static void h_instance_create(struct ap_http_req *req, void *data)
         if (rv == 0) {
             ap_free(cmd);
         }
+        if (placed) {
+            placement__settle(n->placement, rec.site, rec.cpu_millis, rec.memory_mb, false);
+        }
         ap_instrec_clear(&rec);
         ap_http_reply_err(req, rv != 0 ? rv : AP_ENOMEM, "could not encode the command");
         return;
     }
     c->n = n;
     c->req = req;
+    c->placed = placed;
+    ap_strlcpy(c->site, rec.site, sizeof c->site);
     ap_strlcpy(c->tenant, rec.tenant, sizeof c->tenant);
     c->need[QUOTA_INSTANCES] = 1;
     c->need[QUOTA_CPU] = rec.cpu_millis;
     c->need[QUOTA_MEMORY] = rec.memory_mb;
     ap_instrec_clear(&rec);
     if (ap_rsm_http_propose_cb(n->rh, req, cmd, len, create_done, c) != 0) {
+        if (placed) {
+            placement__settle(n->placement, c->site, c->need[QUOTA_CPU], c->need[QUOTA_MEMORY],
+                              false);
+        }
         ap_free(c);
     }
+}
+
+/* POST /v1/placements:explain: the scheduler's dry run, nothing written. */
+static void read_explain(void *data, struct ap_http_req *req)
+{
+    struct regional_node *n = data;
+    const struct ap_claims *claims;
+    char errmsg[AP_ERRMSG_SIZE];
+    struct ap_instrec rec;
+    if (!who(n, req, &claims)) {
+        return;
+    }
+    json_t *body = json_deep_copy(ap_http_req_json(req));
+    if (body == NULL) {
+        ap_http_reply_err(req, AP_EINVAL, "a JSON body describing the instance is required");
+        return;
+    }
+    /* Only what placement needs is required: fill the rest of an instance body. */
+    if (json_object_get(body, "name") == NULL) {
+        json_object_set_new(body, "name", json_string("explain"));
+    }
+    if (json_object_get(body, "command") == NULL) {
+        json_object_set_new(body, "command", json_pack("[s]", "true"));
+    }
+    json_object_del(body, "site");
+    int rv = ap_instjson_parse_create(body, "", &rec, errmsg);
+    if (rv != 0) {
+        json_decref(body);
+        ap_http_reply_err(req, rv, errmsg);
+        return;
+    }
+    json_t *out = placement__explain(n->placement, ap_rsm_store(n->rsm),
+                                     ap_rsm_applied_index(n->rsm),
+                                     json_object_get(body, "placement"), rec.tenant,
+                                     rec.cpu_millis, rec.memory_mb, claims, errmsg);
+    ap_instrec_clear(&rec);
+    json_decref(body);
+    if (out == NULL) {
+        ap_http_reply_err(req, AP_EINVAL, errmsg);
+        return;
+    }
+    json_object_set_new(out, "region", json_string(n->cfg.region));
+    ap_http_reply_json(req, 200, out);
+}
+
+static void h_explain(struct ap_http_req *req, void *data)
+{
+    struct regional_node *n = data;
+    if (ap_rsm_role(n->rsm) != AP_RSM_LEADER) {
+        forward(n, req); /* The leader's view counts pending placements. */
+        return;
+    }
+    read_explain(n, req);
+}
+
+static void site_cordon(struct ap_http_req *req, struct regional_node *n, bool cordoned)
+{
+    if (!operator_guard(req, true, n)) {
+        return;
+    }
+    const char *name = ap_http_req_param(req, "name");
+    if (!site__valid_name(name)) {
+        ap_http_reply_err(req, AP_ENOTFOUND, "no site has this name");
+        return;
+    }
+    uint8_t *cmd;
+    size_t len;
+    int rv = catalog__encode_site_cordon(name, cordoned, ap_hlc_wall_realtime(NULL), &cmd, &len);
+    if (rv != 0) {
+        ap_http_reply_err(req, rv, "could not encode the command");
+        return;
+    }
+    propose_or_forward(n, req, cmd, len, 200);
+}
+
+static void h_site_cordon(struct ap_http_req *req, void *data)
+{
+    site_cordon(req, data, true);
+}
+
+static void h_site_uncordon(struct ap_http_req *req, void *data)
+{
+    site_cordon(req, data, false);
 }
 
 /* The {id} of an instance route, or NULL after answering 404. */
@@ -257,6 +438,21 @@ static void desire(struct regional_node *n, struct ap_http_req *req, enum ap_des
     if (ap_rsm_role(n->rsm) != AP_RSM_LEADER) {
         forward(n, req);
         return;
+    }
+    const struct ap_claims *claims;
+    if (!who(n, req, &claims)) {
+        return;
+    }
+    if (claims != NULL) {
+        /* The instance's tenant and site decide; an unknown id is the apply's 404. */
+        struct ap_instrec r;
+        if (catalog__instance_get(ap_rsm_store(n->rsm), id, &r) == 0) {
+            bool ok = allow(n, req, claims, AP_ACT_WRITE, r.tenant, r.site);
+            ap_instrec_clear(&r);
+            if (!ok) {
+                return;
+            }
+        }
     }
     uint8_t *cmd;
     size_t len;
@@ -293,6 +489,10 @@ static bool query_flag(struct ap_http_req *req, const char *name)
 static void read_instances(void *data, struct ap_http_req *req)
 {
     struct regional_node *n = data;
+    const struct ap_claims *claims;
+    if (!who(n, req, &claims)) {
+        return;
+    }
     const char *site = ap_http_req_query(req, "site");
     const char *tenant = ap_http_req_query(req, "tenant");
     json_t *arr;
@@ -310,6 +510,21 @@ static void read_instances(void *data, struct ap_http_req *req)
         ap_http_reply_err(req, rv, "could not read the catalog");
         return;
     }
+    if (claims != NULL) {
+        /* Only what this user may read (docs/security.md). */
+        json_t *visible = json_array();
+        size_t i;
+        json_t *it;
+        json_array_foreach(arr, i, it)
+        {
+            if (can_see(n, claims, json_string_value(json_object_get(it, "tenant")),
+                        json_string_value(json_object_get(it, "site")))) {
+                json_array_append(visible, it);
+            }
+        }
+        json_decref(arr);
+        arr = visible;
+    }
     ap_http_reply_json(req, 200,
                        json_pack("{s:o, s:s}", "instances", arr, "region", n->cfg.region));
 }
@@ -318,6 +533,10 @@ static void read_instance(void *data, struct ap_http_req *req)
 {
     struct regional_node *n = data;
     struct ap_instrec r;
+    const struct ap_claims *claims;
+    if (!who(n, req, &claims)) {
+        return;
+    }
     const char *id = instance_id(n, req);
     if (id == NULL) {
         return;
@@ -331,6 +550,10 @@ static void read_instance(void *data, struct ap_http_req *req)
     }
     if (rv != 0) {
         ap_http_reply_err(req, rv, "could not read the catalog");
+        return;
+    }
+    if (!allow(n, req, claims, AP_ACT_READ, r.tenant, r.site)) {
+        ap_instrec_clear(&r);
         return;
     }
     json_t *j = ap_instjson_render(&r);
@@ -393,6 +616,9 @@ static int amounts_from_json(json_t *body, int64_t v[QUOTA_RES_N], bool present[
 static void h_quota_set(struct ap_http_req *req, void *data)
 {
     struct regional_node *n = data;
+    if (!operator_guard(req, true, n)) {
+        return;
+    }
     char errmsg[AP_ERRMSG_SIZE];
     int64_t limit[QUOTA_RES_N];
     bool present[QUOTA_RES_N];
@@ -418,6 +644,9 @@ static void h_quota_set(struct ap_http_req *req, void *data)
 static void h_reserve_set(struct ap_http_req *req, void *data)
 {
     struct regional_node *n = data;
+    if (!operator_guard(req, true, n)) {
+        return;
+    }
     char errmsg[AP_ERRMSG_SIZE];
     int64_t reserve[QUOTA_RES_N];
     bool present[QUOTA_RES_N];
@@ -449,8 +678,16 @@ static void read_quota(void *data, struct ap_http_req *req)
 {
     struct regional_node *n = data;
     json_t *v;
+    const struct ap_claims *claims;
+    if (!who(n, req, &claims)) {
+        return;
+    }
     const char *tenant = quota_tenant(req);
     if (tenant == NULL) {
+        return;
+    }
+    if (claims != NULL && !ap_authz_any_tenant(claims, tenant)) {
+        allow(n, req, claims, AP_ACT_READ, tenant, NULL);
         return;
     }
     int rv = catalog__quota_view(ap_rsm_store(n->rsm), tenant, &v);
@@ -495,8 +732,11 @@ int api__register(struct regional_node *n)
         {"PUT", "/v1/quotas/{tenant}", h_quota_set},
         {"PUT", "/v1/quotas/{tenant}/reserves/{site}", h_reserve_set},
         {"GET", "/metrics", h_metrics},
+        {"POST", "/v1/placements:explain", h_explain},
+        {"POST", "/v1/sites/{name}/cordon", h_site_cordon},
+        {"POST", "/v1/sites/{name}/uncordon", h_site_uncordon},
     };
-    int rv = ap_rsm_http_route_cluster(n->rh, n->http, NULL, NULL);
+    int rv = ap_rsm_http_route_cluster(n->rh, n->http, operator_guard, n);
     if (rv != 0) {
         return rv;
     }

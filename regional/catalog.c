@@ -87,6 +87,15 @@ const struct ap_store_migration catalog__migrations[] = {
     {3, "CREATE INDEX instances_by_name ON instances(tenant, site, name);"
         "CREATE INDEX site_rights_by_change ON site_rights(site, changed_index);"
         "CREATE INDEX site_rights_by_tenant ON site_rights(tenant, site);"},
+    /* 4: what the controller pushes down (docs/controller.md): the token
+     * signing public key, users' grant generations, the state's version;
+     * cordoned sites take no new placements. */
+    {4, "CREATE TABLE auth_key(id INTEGER PRIMARY KEY CHECK (id = 1), pk BLOB NOT NULL);"
+        "CREATE TABLE auth_users("
+        " name TEXT PRIMARY KEY, gen INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0);"
+        "CREATE TABLE ctrl_state(id INTEGER PRIMARY KEY CHECK (id = 1),"
+        " version INTEGER NOT NULL, changed_index INTEGER NOT NULL);"
+        "ALTER TABLE sites ADD COLUMN cordoned INTEGER NOT NULL DEFAULT 0;"},
 };
 const size_t catalog__n_migrations = AP_ARRAY_LEN(catalog__migrations);
 
@@ -799,7 +808,7 @@ int catalog__sites_in_state(struct ap_store *st, const char *state, char ***name
 
 static const char *site_columns =
     "SELECT name, labels, cpu_millis, memory_mb, max_instances, capabilities, state,"
-    " last_heartbeat_ms, created_at_ms, updated_at_ms FROM sites";
+    " last_heartbeat_ms, created_at_ms, updated_at_ms, cordoned FROM sites";
 
 static json_t *site_row_json(sqlite3_stmt *stmt)
 {
@@ -810,7 +819,7 @@ static json_t *site_row_json(sqlite3_stmt *stmt)
     format_time(sqlite3_column_int64(stmt, 8), created, sizeof created);
     format_time(sqlite3_column_int64(stmt, 9), updated, sizeof updated);
     format_time(hb_ms, hb, sizeof hb);
-    return json_pack("{s:s, s:o, s:{s:I, s:I, s:I}, s:o, s:s, s:o, s:s, s:s}", "name",
+    return json_pack("{s:s, s:o, s:{s:I, s:I, s:I}, s:o, s:s, s:o, s:s, s:s, s:b}", "name",
                      (const char *)sqlite3_column_text(stmt, 0), "labels",
                      labels != NULL ? labels : json_object(), "capacity", "cpu_millis",
                      (json_int_t)sqlite3_column_int64(stmt, 2), "memory_mb",
@@ -819,7 +828,7 @@ static json_t *site_row_json(sqlite3_stmt *stmt)
                      caps != NULL ? caps : json_array(), "state",
                      (const char *)sqlite3_column_text(stmt, 6), "last_heartbeat",
                      hb_ms > 0 ? json_string(hb) : json_null(), "created_at", created, "updated_at",
-                     updated);
+                     updated, "cordoned", sqlite3_column_int(stmt, 10) != 0);
 }
 
 int catalog__site_get(struct ap_store *st, const char *name, json_t **out)
@@ -1542,25 +1551,11 @@ static void apply_site_delta(struct ap_store *st, uint64_t index, const msgpack_
                            (json_int_t)applied, "skipped", (json_int_t)skipped);
 }
 
-static void apply_quota_set(struct ap_store *st, uint64_t index, const msgpack_object *cmd,
-                            struct ap_rsm_result *res)
+/* Replace a tenant's limits (quota.set, ctrl.state). */
+static int put_limits(struct ap_store *st, uint64_t index, uint64_t at_ms, const char *tenant,
+                      const int64_t limit[QUOTA_RES_N], const bool present[QUOTA_RES_N])
 {
-    char tenant[AP_INSTREC_NAME_SIZE];
-    int64_t limit[QUOTA_RES_N];
-    bool present[QUOTA_RES_N];
-    uint64_t at_ms = 0;
     int rv;
-    if ((rv = ap_mp_get_str(cmd, "tenant", tenant, sizeof tenant, true, res->message)) != 0 ||
-        (rv = read_amounts(cmd, "limit", limit, present, res->message)) != 0 ||
-        (rv = ap_mp_get_u64(cmd, "at_ms", &at_ms, INT64_MAX, true, res->message)) != 0) {
-        res->status = rv;
-        return;
-    }
-    if (!site__valid_name(tenant)) {
-        res->status = AP_EINVAL;
-        ap_errmsg_set(res->message, "invalid tenant name");
-        return;
-    }
     /* Replaces the tenant's limits. Lowering one revokes nothing already
      * granted; it only stops new grants (docs/catalog.md). */
     sqlite3_stmt *stmt;
@@ -1591,6 +1586,29 @@ static void apply_quota_set(struct ap_store *st, uint64_t index, const msgpack_o
     if (rv == 0) {
         rv = log_event(st, index, at_ms, "quota_set", tenant, "{}");
     }
+    return rv;
+}
+
+static void apply_quota_set(struct ap_store *st, uint64_t index, const msgpack_object *cmd,
+                            struct ap_rsm_result *res)
+{
+    char tenant[AP_INSTREC_NAME_SIZE];
+    int64_t limit[QUOTA_RES_N];
+    bool present[QUOTA_RES_N];
+    uint64_t at_ms = 0;
+    int rv;
+    if ((rv = ap_mp_get_str(cmd, "tenant", tenant, sizeof tenant, true, res->message)) != 0 ||
+        (rv = read_amounts(cmd, "limit", limit, present, res->message)) != 0 ||
+        (rv = ap_mp_get_u64(cmd, "at_ms", &at_ms, INT64_MAX, true, res->message)) != 0) {
+        res->status = rv;
+        return;
+    }
+    if (!site__valid_name(tenant)) {
+        res->status = AP_EINVAL;
+        ap_errmsg_set(res->message, "invalid tenant name");
+        return;
+    }
+    rv = put_limits(st, index, at_ms, tenant, limit, present);
     if (rv == 0) {
         rv = catalog__quota_view(st, tenant, &res->value);
     }
@@ -1706,6 +1724,251 @@ static void apply_rights_grant(struct ap_store *st, uint64_t index, const msgpac
     res->value = json_pack("{s:s, s:s, s:o}", "site", site, "tenant", tenant, "granted", g);
 }
 
+/* ctrl.state: the controller's STATE (docs/controller.md), kept only when newer. */
+static void apply_ctrl_state(struct ap_store *st, uint64_t index, const msgpack_object *cmd,
+                             struct ap_rsm_result *res)
+{
+    uint64_t version = 0, at_ms = 0;
+    const uint8_t *pk = NULL;
+    size_t pk_len = 0;
+    const msgpack_object *users = NULL, *tenants = NULL;
+    int rv;
+    if ((rv = ap_mp_get_u64(cmd, "version", &version, INT64_MAX, true, res->message)) != 0 ||
+        (rv = ap_mp_get_u64(cmd, "at_ms", &at_ms, INT64_MAX, true, res->message)) != 0 ||
+        (rv = ap_mp_get_bin(cmd, "pk", &pk, &pk_len, 32, false, res->message)) != 0 ||
+        (rv = ap_mp_get_array(cmd, "users", &users, 1u << 20, true, res->message)) != 0 ||
+        (rv = ap_mp_get_array(cmd, "tenants", &tenants, 1u << 20, true, res->message)) != 0) {
+        res->status = rv;
+        return;
+    }
+    if (version <= catalog__ctrl_version(st)) {
+        return; /* A replay or an older controller replica's view: nothing to do. */
+    }
+    sqlite3_stmt *stmt;
+    rv = ap_store_exec(st, "DELETE FROM auth_users");
+    if (rv == 0 && pk != NULL && pk_len == 32) {
+        rv = ap_store_prepare(st, "INSERT OR REPLACE INTO auth_key(id, pk) VALUES(1, ?1)", &stmt);
+        if (rv == 0) {
+            ap_store_bind_blob(st, stmt, 1, pk, 32);
+            rv = ap_store_step_done(st, stmt);
+        }
+    }
+    for (uint32_t i = 0; rv == 0 && i < users->via.array.size; i++) {
+        const msgpack_object *u = &users->via.array.ptr[i];
+        char name[64];
+        uint64_t gen = 0;
+        bool deleted = false;
+        if (u->type != MSGPACK_OBJECT_ARRAY || u->via.array.size != 3 ||
+            ap_mp_as_str(&u->via.array.ptr[0], "user", name, sizeof name, res->message) != 0 ||
+            ap_mp_as_u64(&u->via.array.ptr[1], "gen", &gen, INT64_MAX, res->message) != 0 ||
+            ap_mp_as_bool(&u->via.array.ptr[2], "deleted", &deleted, res->message) != 0) {
+            res->status = AP_EPROTO;
+            return;
+        }
+        rv = ap_store_prepare(st, "INSERT OR REPLACE INTO auth_users(name, gen, deleted)"
+                                  " VALUES(?1, ?2, ?3)",
+                              &stmt);
+        if (rv == 0) {
+            ap_store_bind_text(st, stmt, 1, name);
+            ap_store_bind_int64(st, stmt, 2, (int64_t)gen);
+            ap_store_bind_int64(st, stmt, 3, deleted ? 1 : 0);
+            rv = ap_store_step_done(st, stmt);
+        }
+    }
+    /* Tenants: [name, instances, cpu_millis, memory_mb], -1 meaning no limit. */
+    for (uint32_t i = 0; rv == 0 && i < tenants->via.array.size; i++) {
+        const msgpack_object *t = &tenants->via.array.ptr[i];
+        char name[64];
+        int64_t limit[QUOTA_RES_N];
+        bool present[QUOTA_RES_N];
+        if (t->type != MSGPACK_OBJECT_ARRAY || t->via.array.size != 1 + QUOTA_RES_N ||
+            ap_mp_as_str(&t->via.array.ptr[0], "tenant", name, sizeof name, res->message) != 0 ||
+            !site__valid_name(name)) {
+            res->status = AP_EPROTO;
+            return;
+        }
+        for (int k = 0; k < QUOTA_RES_N; k++) {
+            /* The controller's order: instances, cpu_millis, memory_mb. */
+            static const enum quota_res order[3] = {QUOTA_INSTANCES, QUOTA_CPU, QUOTA_MEMORY};
+            int64_t v = -1;
+            if (ap_mp_as_i64(&t->via.array.ptr[1 + k], "amount", &v, -1, QUOTA_MAX_AMOUNT,
+                             res->message) != 0) {
+                res->status = AP_EPROTO;
+                return;
+            }
+            present[order[k]] = v >= 0;
+            limit[order[k]] = v >= 0 ? v : 0;
+        }
+        rv = put_limits(st, index, at_ms, name, limit, present);
+    }
+    if (rv == 0) {
+        rv = ap_store_prepare(st, "INSERT OR REPLACE INTO ctrl_state(id, version, changed_index)"
+                                  " VALUES(1, ?1, ?2)",
+                              &stmt);
+        if (rv == 0) {
+            ap_store_bind_int64(st, stmt, 1, (int64_t)version);
+            ap_store_bind_int64(st, stmt, 2, (int64_t)index);
+            rv = ap_store_step_done(st, stmt);
+        }
+    }
+    if (rv != 0) {
+        res->status = rv;
+        ap_errmsg_set(res->message, "controller state: %s", ap_store_errmsg(st));
+    }
+}
+
+static void apply_site_cordon(struct ap_store *st, uint64_t index, const msgpack_object *cmd,
+                              struct ap_rsm_result *res)
+{
+    char name[SITE_NAME_MAX + 1];
+    bool cordoned = false;
+    uint64_t at_ms = 0;
+    int rv;
+    if ((rv = ap_mp_get_str(cmd, "name", name, sizeof name, true, res->message)) != 0 ||
+        (rv = ap_mp_get_bool(cmd, "cordoned", &cordoned, true, res->message)) != 0 ||
+        (rv = ap_mp_get_u64(cmd, "at_ms", &at_ms, INT64_MAX, true, res->message)) != 0) {
+        res->status = rv;
+        return;
+    }
+    sqlite3_stmt *stmt;
+    rv = ap_store_prepare(st, "UPDATE sites SET cordoned=?2, updated_at_ms=?3 WHERE name=?1",
+                          &stmt);
+    if (rv == 0) {
+        ap_store_bind_text(st, stmt, 1, name);
+        ap_store_bind_int64(st, stmt, 2, cordoned ? 1 : 0);
+        ap_store_bind_int64(st, stmt, 3, (int64_t)at_ms);
+        rv = ap_store_step_done(st, stmt);
+    }
+    if (rv == 0 && sqlite3_changes(ap_store_db(st)) == 0) {
+        res->status = AP_ENOTFOUND;
+        ap_errmsg_set(res->message, "site '%s' not found", name);
+        return;
+    }
+    if (rv == 0) {
+        rv = log_event(st, index, at_ms, cordoned ? "site_cordoned" : "site_uncordoned", name,
+                       "{}");
+    }
+    if (rv == 0) {
+        rv = catalog__site_get(st, name, &res->value);
+    }
+    if (rv != 0) {
+        res->status = rv;
+        ap_errmsg_set(res->message, "cordon: %s", ap_store_errmsg(st));
+    }
+}
+
+/* ---- controller state reads ---- */
+
+uint64_t catalog__ctrl_version(struct ap_store *st)
+{
+    sqlite3_stmt *stmt;
+    uint64_t v = 0;
+    if (ap_store_prepare(st, "SELECT version FROM ctrl_state WHERE id=1", &stmt) == 0) {
+        if (ap_store_step(st, stmt) == AP_STORE_ROW) {
+            v = (uint64_t)sqlite3_column_int64(stmt, 0);
+        }
+        ap_store_reset(stmt);
+    }
+    return v;
+}
+
+int catalog__auth_key(struct ap_store *st, uint8_t pk[32])
+{
+    sqlite3_stmt *stmt;
+    int rv = ap_store_prepare(st, "SELECT pk FROM auth_key WHERE id=1", &stmt);
+    if (rv != 0) {
+        return rv;
+    }
+    rv = ap_store_step(st, stmt) == AP_STORE_ROW && sqlite3_column_bytes(stmt, 0) == 32
+             ? 0
+             : AP_ENOTFOUND;
+    if (rv == 0) {
+        memcpy(pk, sqlite3_column_blob(stmt, 0), 32);
+    }
+    ap_store_reset(stmt);
+    return rv;
+}
+
+int catalog__auth_user(struct ap_store *st, const char *user, uint64_t *gen, bool *deleted)
+{
+    sqlite3_stmt *stmt;
+    int rv = ap_store_prepare(st, "SELECT gen, deleted FROM auth_users WHERE name=?1", &stmt);
+    if (rv != 0) {
+        return rv;
+    }
+    ap_store_bind_text(st, stmt, 1, user);
+    rv = AP_ENOTFOUND;
+    if (ap_store_step(st, stmt) == AP_STORE_ROW) {
+        *gen = (uint64_t)sqlite3_column_int64(stmt, 0);
+        *deleted = sqlite3_column_int(stmt, 1) != 0;
+        rv = 0;
+    }
+    ap_store_reset(stmt);
+    return rv;
+}
+
+int catalog__auth_state(struct ap_store *st, uint8_t **out, size_t *len)
+{
+    uint8_t pk[32];
+    bool have_key = catalog__auth_key(st, pk) == 0;
+    struct ap_mp_writer w;
+    sqlite3_stmt *stmt;
+    int64_t count = 0;
+    int rv = ap_store_prepare(st, "SELECT COUNT(*) FROM auth_users", &stmt);
+    if (rv != 0) {
+        return rv;
+    }
+    if (ap_store_step(st, stmt) == AP_STORE_ROW) {
+        count = sqlite3_column_int64(stmt, 0);
+    }
+    ap_store_reset(stmt);
+    rv = ap_store_prepare(st, "SELECT name, gen, deleted FROM auth_users ORDER BY name", &stmt);
+    if (rv != 0) {
+        return rv;
+    }
+    ap_mp_writer_init(&w);
+    ap_mp_write_map(&w, have_key ? 3 : 2);
+    ap_mp_write_str(&w, "version");
+    ap_mp_write_uint(&w, catalog__ctrl_version(st));
+    if (have_key) {
+        ap_mp_write_str(&w, "pk");
+        ap_mp_write_bin(&w, pk, 32);
+    }
+    ap_mp_write_str(&w, "users");
+    ap_mp_write_array(&w, (uint32_t)count);
+    int64_t written = 0;
+    while (written < count && ap_store_step(st, stmt) == AP_STORE_ROW) {
+        ap_mp_write_array(&w, 3);
+        ap_mp_write_str(&w, (const char *)sqlite3_column_text(stmt, 0));
+        ap_mp_write_uint(&w, (uint64_t)sqlite3_column_int64(stmt, 1));
+        ap_mp_write_bool(&w, sqlite3_column_int(stmt, 2) != 0);
+        written++;
+    }
+    ap_store_reset(stmt);
+    if (written != count) {
+        ap_mp_writer_destroy(&w);
+        return AP_EIO;
+    }
+    return ap_mp_writer_finish(&w, out, len);
+}
+
+int catalog__encode_site_cordon(const char *name, bool cordoned, uint64_t at_ms, uint8_t **out,
+                                size_t *len)
+{
+    struct ap_mp_writer w;
+    ap_mp_writer_init(&w);
+    ap_mp_write_map(&w, 4);
+    ap_mp_write_str(&w, "op");
+    ap_mp_write_str(&w, CATALOG_OP_SITE_CORDON);
+    ap_mp_write_str(&w, "name");
+    ap_mp_write_str(&w, name);
+    ap_mp_write_str(&w, "cordoned");
+    ap_mp_write_bool(&w, cordoned);
+    ap_mp_write_str(&w, "at_ms");
+    ap_mp_write_uint(&w, at_ms);
+    return ap_mp_writer_finish(&w, out, len);
+}
+
 void catalog__apply(void *data, struct ap_store *st, uint64_t index, const uint8_t *cmd, size_t len,
                     struct ap_rsm_result *res)
 {
@@ -1738,6 +2001,10 @@ void catalog__apply(void *data, struct ap_store *st, uint64_t index, const uint8
         apply_reserve_set(st, index, &up.data, res);
     } else if (strcmp(op, CATALOG_OP_RIGHTS) == 0) {
         apply_rights_grant(st, index, &up.data, res);
+    } else if (strcmp(op, CATALOG_OP_CTRL_STATE) == 0) {
+        apply_ctrl_state(st, index, &up.data, res);
+    } else if (strcmp(op, CATALOG_OP_SITE_CORDON) == 0) {
+        apply_site_cordon(st, index, &up.data, res);
     } else {
         /* A newer leader's command: every replica rejects it the same way. */
         res->status = AP_EPROTO;

@@ -25,6 +25,8 @@
 #define CATALOG_OP_QUOTA_SET   "quota.set"
 #define CATALOG_OP_RESERVE_SET "reserve.set"
 #define CATALOG_OP_RIGHTS      "rights.grant"
+#define CATALOG_OP_CTRL_STATE  "ctrl.state"
+#define CATALOG_OP_SITE_CORDON "site.cordon"
 
 /** Largest catalog command the apply function decodes (a site delta is the big one). */
 #define CATALOG_MAX_COMMAND AP_RSM_MAX_COMMAND
@@ -157,5 +159,26 @@ int catalog__site_get(struct ap_store *st, const char *name, json_t **out);
 
 /** All sites, ordered by name, as a JSON array (*out new reference). */
 int catalog__sites_list(struct ap_store *st, json_t **out);
+
+/* ---- what the controller pushes down (docs/controller.md) ---- */
+
+/** Version (controller applied index) of the controller state held; 0 before any. */
+uint64_t catalog__ctrl_version(struct ap_store *st);
+
+/** The token signing public key; AP_ENOTFOUND before the controller sent one. */
+int catalog__auth_key(struct ap_store *st, uint8_t pk[32]);
+
+/** A user's grant generation and deletion as the controller last said; AP_ENOTFOUND. */
+int catalog__auth_user(struct ap_store *st, const char *user, uint64_t *gen, bool *deleted);
+
+/**
+ * The site link's STATE body (msgpack {"version","pk","users":[[name,gen,deleted]]}), what
+ * sites cache to authenticate offline. *out is ap_malloc'd.
+ */
+int catalog__auth_state(struct ap_store *st, uint8_t **out, size_t *len);
+
+/** site.cordon: a cordoned site takes no new placements (docs/scheduler.md). */
+int catalog__encode_site_cordon(const char *name, bool cordoned, uint64_t at_ms, uint8_t **out,
+                                size_t *len);
 
 #endif

@@ -36,6 +36,8 @@ static void usage(FILE *out)
             "                           POST /v1/cluster/members on the leader\n"
             "  --election-timeout-ms N  raft election timeout (default 1000)\n"
             "  --snapshot-threshold N   entries between snapshots (default 8192)\n"
+            "  --controller IP:PORT     link address of a controller node (repeat for each);\n"
+            "                           tokens are checked with the key it sends\n"
             "  --log-level LEVEL        debug, info, warn, error or off (default info, or "
             "$AP_LOG_LEVEL)\n"
             "  -h, --help               print this help and exit\n"
@@ -119,7 +121,8 @@ int main(int argc, char **argv)
         O_LOG,
         O_LINK,
         O_HB_MS,
-        O_HB_MISSES
+        O_HB_MISSES,
+        O_CONTROLLER
     };
     static const struct option opts[] = {
         {"region", required_argument, NULL, O_REGION},
@@ -136,6 +139,7 @@ int main(int argc, char **argv)
         {"link-port", required_argument, NULL, O_LINK},
         {"site-heartbeat-ms", required_argument, NULL, O_HB_MS},
         {"site-heartbeat-misses", required_argument, NULL, O_HB_MISSES},
+        {"controller", required_argument, NULL, O_CONTROLLER},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -241,6 +245,17 @@ int main(int argc, char **argv)
                 return 2;
             }
             cfg.site_heartbeat_misses = (unsigned)v;
+            break;
+        case O_CONTROLLER:
+            if (cfg.n_controllers >= AP_ARRAY_LEN(cfg.controllers) || strchr(optarg, ':') == NULL ||
+                ap_strlcpy(cfg.controllers[cfg.n_controllers], optarg,
+                           sizeof cfg.controllers[0]) >= sizeof cfg.controllers[0]) {
+                fprintf(stderr,
+                        "archipel-regional: --controller wants IP:PORT (at most 8), got '%s'\n",
+                        optarg);
+                return 2;
+            }
+            cfg.n_controllers++;
             break;
         case O_LOG:
             if (ap_log_parse_level(optarg, &level) != 0) {

@@ -5,10 +5,24 @@
 #include "ap/err.h"
 #include "ap/log.h"
 #include "catalog.h"
+#include "ctrllink.h"
+#include "placement.h"
 #include "sitelink.h"
 
 #include <stdio.h>
 #include <string.h>
+
+static int authn_key(void *data, uint8_t pk[AP_TOKEN_PK_SIZE])
+{
+    struct regional_node *n = data;
+    return catalog__auth_key(ap_rsm_store(n->rsm), pk);
+}
+
+static int authn_user(void *data, const char *user, uint64_t *min_gen, bool *deleted)
+{
+    struct regional_node *n = data;
+    return catalog__auth_user(ap_rsm_store(n->rsm), user, min_gen, deleted);
+}
 
 int regional_node_start(struct regional_node **out, uv_loop_t *loop,
                         const struct regional_config *cfg, char *errmsg)
@@ -89,7 +103,14 @@ int regional_node_start(struct regional_node **out, uv_loop_t *loop,
         .query_keys = query_keys,
         .m_forwarded = n->m_forwarded,
     };
+    struct ap_authn_source src = {.key = authn_key, .user = authn_user, .data = n};
     rv = ap_rsm_http_new(&n->rh, &hc);
+    if (rv == 0 && cfg->n_controllers > 0) {
+        rv = ap_authn_new(&n->authn, &src, 64);
+    }
+    if (rv == 0) {
+        rv = placement__new(&n->placement, cfg->region);
+    }
     if (rv != 0) {
         ap_errmsg_set(errmsg, "http: %s", ap_strerror(rv));
         goto err_after_rsm;
@@ -115,6 +136,15 @@ int regional_node_start(struct regional_node **out, uv_loop_t *loop,
             goto err_after_rsm;
         }
     }
+    if (cfg->n_controllers > 0) {
+        rv = ctrllink__start(&n->ctrl, n, cfg->controllers, cfg->n_controllers, errmsg);
+        if (rv != 0) {
+            goto err_after_rsm;
+        }
+    }
+    if (cfg->n_controllers == 0) {
+        AP_LOG(AP_LOG_WARN, "auth_off reason=\"no --controller: requests are not authenticated\"");
+    }
     AP_LOG(AP_LOG_INFO, "regional_started region=%s node=%llu http=%s raft=%s link=%s:%u dir=%s",
            cfg->region, (unsigned long long)cfg->id, n->http_addr, n->raft_addr, cfg->ip,
            cfg->link_port, cfg->dir);
@@ -139,6 +169,8 @@ static void rsm_closed(void *data)
     void (*cb)(void *) = n->stop_cb;
     void *cb_data = n->stop_data;
     ap_rsm_http_free(n->rh);
+    ap_authn_free(n->authn);
+    placement__free(n->placement);
     ap_metrics_free(n->metrics);
     ap_hlc_free(n->hlc);
     ap_free(n);
@@ -154,14 +186,25 @@ static void link_closed(void *data)
     ap_rsm_close(n->rsm, rsm_closed, n);
 }
 
-static void http_closed(void *data)
+static void ctrl_closed(void *data)
 {
     struct regional_node *n = data;
+    n->ctrl = NULL;
     /* Site links before raft: their proposals need the rsm until they are detached. */
     if (n->link != NULL) {
         sitelink__stop(n->link, link_closed, n);
     } else {
         link_closed(n);
+    }
+}
+
+static void http_closed(void *data)
+{
+    struct regional_node *n = data;
+    if (n->ctrl != NULL) {
+        ctrllink__stop(n->ctrl, ctrl_closed, n);
+    } else {
+        ctrl_closed(n);
     }
 }
 

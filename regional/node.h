@@ -27,6 +27,8 @@ struct regional_config {
     uint16_t link_port;             /* Site link port (docs/edge.md); 0: no site link. */
     unsigned site_heartbeat_ms;     /* Sites' heartbeat interval; 0: SITELINK_HEARTBEAT_MS. */
     unsigned site_heartbeat_misses; /* Missed beats before unreachable; 0: default. */
+    char controllers[8][64];        /* Controller link addresses (docs/controller.md). */
+    size_t n_controllers;           /* 0: no controller (then no token is accepted). */
 };
 
 struct regional_node;

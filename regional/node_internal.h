@@ -4,6 +4,7 @@
 
 #include "node.h"
 
+#include "ap/authn.h"
 #include "ap/hlc.h"
 #include "ap/http.h"
 #include "ap/metrics.h"
@@ -11,6 +12,8 @@
 #include "ap/uuid.h"
 
 struct sitelink;
+struct ctrllink;
+struct placement;
 
 struct regional_node {
     uv_loop_t *loop;
@@ -24,6 +27,10 @@ struct regional_node {
     struct ap_hlc *hlc;       /* Stamps of writes made here (node id: the raft id). */
     struct ap_uuid_gen uuids; /* Instance ids. */
     struct sitelink *link;    /* NULL when cfg.link_port is 0. */
+    struct ctrllink *ctrl;    /* NULL without a controller. */
+    struct ap_authn *authn;   /* Bearer tokens, checked with what the controller sent. */
+    struct placement *placement; /* The scheduler's view of the sites (leader). */
+    uint64_t ctrl_proposing;  /* Controller STATE version being proposed (0: none). */
     struct ap_metric *m_forwarded;
     struct ap_metric *m_requests;
     struct ap_metric *m_sites_linked;     /* Gauge: sites linked to this node. */

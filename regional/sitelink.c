@@ -35,6 +35,7 @@ struct session {
     uint8_t *hello_body; /* The site's HELLO (capabilities, capacity), kept to re-propose it. */
     size_t hello_len;
     uint64_t sent_index; /* Region changes up to this raft index were sent. */
+    uint64_t sent_auth;  /* Controller state version last sent (STATE), +1 (0: none yet). */
     uint64_t last_hb_ms;
 };
 
@@ -781,9 +782,21 @@ void sitelink__flush(struct sitelink *s)
     }
     struct ap_store *st = ap_rsm_store(s->n->rsm);
     uint64_t applied = ap_rsm_applied_index(s->n->rsm);
+    uint64_t auth_version = catalog__ctrl_version(st) + 1;
     s->flushed_applied = applied;
     for (unsigned i = 0; i < s->n_sessions; i++) {
         struct session *ss = s->sessions[i];
+        /* What sites authenticate with (docs/security.md), before any delta. */
+        if (ss->hello && ss->sent_auth != auth_version) {
+            uint8_t *body;
+            size_t len;
+            if (catalog__auth_state(st, &body, &len) == 0) {
+                if (send_body(ss->conn, s->n, AP_WIRE_STATE, body, len) == 0) {
+                    ss->sent_auth = auth_version;
+                }
+                ap_free(body);
+            }
+        }
         /* Bounded: at most a few chunks per iteration per site; the rest on the next. */
         for (int chunk = 0; chunk < 4 && ss->hello && ss->sent_index < applied; chunk++) {
             uint8_t *body = NULL;

@@ -65,6 +65,19 @@ LOG_TAIL_LINES = 40
 # urllib honours *_proxy environment variables by default; tests only talk to loopback.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
+# The controller of `archipel dev` (docs/controller.md).
+CONTROLLER_IP = "127.0.10.1"
+CONTROLLER_PORTS = (7000, 7001, 7002)
+
+# The bearer token requests carry unless told otherwise (token=None sends none): the admin
+# token of the running `archipel dev`, set by Topology.start_dev.
+_DEFAULT_TOKEN = {"token": None}
+
+
+def set_default_token(token):
+    """Make every request carry this bearer token (None: no token) unless it says otherwise."""
+    _DEFAULT_TOKEN["token"] = token
+
 
 class WaitTimeout(AssertionError):
     """A wait_until deadline passed; the message says what was awaited and the last value."""
@@ -124,18 +137,24 @@ class Response:
 
 
 def request_full(method, base, path, body=None, *, data=None, content_type="application/json",
-                 headers=None, timeout=DEFAULT_HTTP_TIMEOUT):
+                 headers=None, timeout=DEFAULT_HTTP_TIMEOUT, token="default"):
     """Send one request to http://BASE/PATH (base is "ip:port") and return a Response.
 
     body is sent as JSON; data (bytes) is sent as is instead. content_type=None sends no
     Content-Type header (urllib then says application/x-www-form-urlencoded for a body).
     Never raises for HTTP errors or connection failures: those give status 4xx/5xx or 0.
+    token: the bearer token to send; "default" sends the harness default (set_default_token),
+    None sends none.
     """
     _loopback(base)
     url = "http://%s%s" % (base, path)
     if body is not None:
         data = json.dumps(body).encode("utf-8")
     hdrs = dict(headers or {})
+    if token == "default":
+        token = _DEFAULT_TOKEN["token"]
+    if token is not None and "Authorization" not in hdrs:
+        hdrs["Authorization"] = "Bearer " + token
     if data is not None and content_type is not None:
         hdrs["Content-Type"] = content_type
     req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
@@ -420,6 +439,9 @@ def kill_leftovers(work_dir, timeout=10.0):
         if name == "topology.json":
             for region in doc.get("regions", []):
                 recorded.update(n.get("pid", 0) for n in region.get("nodes", []))
+            for n in (doc.get("controller") or {}).get("nodes", []):
+                recorded.add(n.get("pid", 0))
+            recorded.update(s.get("pid", 0) for s in doc.get("sites", []))
         else:
             recorded.update(doc.get("pids", []))
     victims = set(processes_using(work_dir))
@@ -670,6 +692,8 @@ class Topology:
         self.nodes = []
         self.sites = []
         self.dev = None  # Popen of `archipel dev`
+        self.controller = None  # the controller Node (start_dev)
+        self.token = None  # the admin token (start_dev)
         self._pids = []
         self._stopped = False
         self._problems = []  # tear-down failures not tied to one node
@@ -747,6 +771,7 @@ class Topology:
                  for i in range(1, nodes + 1) for p in (HTTP_PORT, RAFT_PORT) + OTHER_PORTS]
         addrs += ["127.0.%d.%d:%d" % (20 + r, i, SITE_PORT) for r in range(1, regions + 1)
                   for i in range(1, sites + 1)]
+        addrs += ["%s:%d" % (CONTROLLER_IP, p) for p in CONTROLLER_PORTS]
         return self._start(addrs, lambda: self._start_dev_once(regions, nodes, timeout, sites),
                            attempts)
 
@@ -818,8 +843,10 @@ class Topology:
         cmd = [os.path.join(self.bin_dir, "archipel"), "dev", "--dir", self.work_dir,
                "--regions", str(regions), "--nodes-per-region", str(nodes),
                "--sites", str(sites)]
+        # dev writes the CLI's config: keep it in the work dir, not the user's home.
+        env = dict(os.environ, XDG_CONFIG_HOME=os.path.join(self.work_dir, "xdg"))
         self.dev = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True, env=env)
         out.close()
         self._record_pid(self.dev.pid)
         path = os.path.join(self.work_dir, "topology.json")
@@ -844,6 +871,13 @@ class Topology:
         for site in doc.get("sites", []):
             self.sites.append(Node(self, site["region"], site["name"], site["ip"], site["cmd"],
                                    site["log"], site["pid"], http_port=SITE_PORT))
+        for c in (doc.get("controller") or {}).get("nodes", []):
+            self.controller = Node(self, "controller", c["id"], c["ip"], c["cmd"], c["log"],
+                                   c["pid"], http_port=int(c["http"].rsplit(":", 1)[1]))
+        if doc.get("admin_token_file"):
+            with open(doc["admin_token_file"]) as f:
+                self.token = f.read().strip()
+            set_default_token(self.token)
         for region in doc["regions"]:
             self.leader(region["name"])
 
