@@ -4,9 +4,26 @@
 
 #include "ap/base.h"
 
+#include <stdio.h>
 #include <string.h>
 
 enum { SITE_COLS = 7 };
+
+/* The link state, and ",cordoned" when placement must leave the site alone. */
+static char *state_cell(const json_t *site)
+{
+    char *state = output__cell(json_object_get(site, "state"));
+    if (state == NULL || !json_is_true(json_object_get(site, "cordoned"))) {
+        return state;
+    }
+    size_t n = strlen(state) + sizeof ",cordoned";
+    char *out = ap_malloc(n);
+    if (out != NULL) {
+        snprintf(out, n, "%s,cordoned", state);
+    }
+    ap_free(state);
+    return out;
+}
 
 /* One site as a row: NAME REGION STATE CPU MEM INSTANCES LABELS. */
 static int site_row(struct output_table *t, const json_t *site, const char *region)
@@ -21,7 +38,7 @@ static int site_row(struct output_table *t, const json_t *site, const char *regi
     char *cells[SITE_COLS] = {
         output__cell(json_object_get(site, "name")),
         r != NULL ? output__cell(r) : ap_strdup(region != NULL ? region : "-"),
-        output__cell(json_object_get(site, "state")),
+        state_cell(site),
         cli__ratio_cell(json_object_get(used, "cpu_millis"), json_object_get(cap, "cpu_millis")),
         cli__ratio_cell(json_object_get(used, "memory_mb"), json_object_get(cap, "memory_mb")),
         cli__ratio_cell(json_object_get(used, "instances"), json_object_get(cap, "instances")),

@@ -186,7 +186,7 @@ static void h_token_create(struct ap_http_req *req, void *data)
         (rv = ap_http_json_get_str(body, "user", true, AP_NAME_MAX - 1, &user, errmsg)) != 0 ||
         (rv = ap_http_json_get_str(body, "password", true, AP_PASSWORD_MAX_LEN, &password,
                                    errmsg)) != 0 ||
-        (rv = ap_http_json_get_int(body, "ttl_seconds", false, 60, MAX_TOKEN_TTL_S, &ttl,
+        (rv = ap_http_json_get_int(body, "ttl_seconds", false, 1, MAX_TOKEN_TTL_S, &ttl,
                                    errmsg)) != 0) {
         ap_http_reply_err(req, rv, errmsg);
         return;

@@ -441,7 +441,7 @@ static void routed(struct ctl_node *n, struct ap_http_req *req, const char *look
         json_decref(body);
         return;
     }
-    static const char *const keys[] = {"stream", "tail", NULL};
+    static const char *const keys[] = {"stream", "tail", "tail_bytes", NULL};
     char q[256], path[640];
     query_of(req, keys, q, sizeof q);
     snprintf(path, sizeof path, "%s%s", ap_http_req_path(req), q);

@@ -287,11 +287,15 @@ static const char **excluded(struct placement *p, const struct ap_claims *c, con
     return ex;
 }
 
+/* fresh: rebuild whenever the catalog moved and nothing is pending (explain), not only after
+ * STALE_MS (the throttle that keeps bursts of creates cheap). */
 static int prepare(struct placement *p, struct ap_store *st, uint64_t applied, json_t *pj,
-                   int64_t cpu, int64_t memory, struct ap_sched_request *req, char *errmsg)
+                   int64_t cpu, int64_t memory, bool fresh, struct ap_sched_request *req,
+                   char *errmsg)
 {
     if (p->sites == NULL ||
-        (p->pending == 0 && p->built_index != applied && now_ms() - p->built_ms >= STALE_MS) ||
+        (p->pending == 0 && p->built_index != applied &&
+         (fresh || now_ms() - p->built_ms >= STALE_MS)) ||
         (p->pending == 0 && p->n_sites == 0)) {
         int rv = rebuild(p, st, applied);
         if (rv != 0) {
@@ -321,7 +325,7 @@ int placement__pick(struct placement *p, struct ap_store *st, uint64_t applied, 
                     char *site, char *errmsg)
 {
     struct ap_sched_request req;
-    int rv = prepare(p, st, applied, pj, cpu, memory, &req, errmsg);
+    int rv = prepare(p, st, applied, pj, cpu, memory, false, &req, errmsg);
     if (rv != 0) {
         return rv;
     }
@@ -373,7 +377,7 @@ json_t *placement__explain(struct placement *p, struct ap_store *st, uint64_t ap
                            const struct ap_claims *c, char *errmsg)
 {
     struct ap_sched_request req;
-    if (prepare(p, st, applied, pj, cpu, memory, &req, errmsg) != 0) {
+    if (prepare(p, st, applied, pj, cpu, memory, true, &req, errmsg) != 0) {
         return NULL;
     }
     size_t n_ex;

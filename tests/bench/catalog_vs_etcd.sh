@@ -161,9 +161,10 @@ trap 'exit 130' INT TERM
 start_archipel() {
   log "starting archipel: 3 nodes on ${ARCH_IPS[*]} (archipel dev, data in $work/archipel)"
   if [ "$ignore_sigpipe" = 1 ]; then
-    (trap '' PIPE; exec "$archipel" dev --sites 0 --dir "$work/archipel" >"$work/dev.out" 2>&1) &
+    (trap '' PIPE; export XDG_CONFIG_HOME="$work/xdg"
+     exec "$archipel" dev --sites 0 --dir "$work/archipel" >"$work/dev.out" 2>&1) &
   else
-    "$archipel" dev --sites 0 --dir "$work/archipel" >"$work/dev.out" 2>&1 &
+    XDG_CONFIG_HOME="$work/xdg" "$archipel" dev --sites 0 --dir "$work/archipel" >"$work/dev.out" 2>&1 &
   fi
   dev_pid=$!
   local i
@@ -173,6 +174,8 @@ start_archipel() {
     sleep 0.2
   done
   [ -f "$work/archipel/topology.json" ] || { log "archipel dev: no topology after 60 s"; exit 1; }
+  # Every request carries the admin token, verified like any other (docs/security.md).
+  ARCH_TOKEN=$(cat "$work/archipel/admin.token")
   local ip
   for ip in "${ARCH_IPS[@]}"; do
     PID[$ip]=$(jq -r --arg ip "$ip" '.regions[0].nodes[] | select(.ip == $ip) | .pid' \
@@ -288,6 +291,7 @@ probe_write() { # system: one write through the leader succeeds within 1 s
   probe_n=$((probe_n + 1))
   if [ "$1" = archipel ]; then
     curl -sf -m 1 -o /dev/null -H 'Content-Type: application/json' \
+      -H "Authorization: Bearer $ARCH_TOKEN" \
       -d "{\"name\":\"probe-$probe_n\"}" "http://$leader:7100/v1/sites"
   else
     curl -sf -m 1 -o /dev/null -d "{\"key\":\"$(printf 'probe/%s' "$probe_n" | base64 -w0)\",\"value\":\"eA==\"}" \
@@ -380,7 +384,8 @@ load_cmd() { # system clients name [extra httpload args...]
   leader=$(wait_leader "$sys")
   mapfile -t t < <(targets "$sys" "$leader")
   if [ "$sys" = archipel ]; then
-    LOAD=("$httpload" "${t[@]}" -p /v1/sites -b "$(arch_body "$name-{n}")")
+    LOAD=("$httpload" "${t[@]}" -p /v1/sites -b "$(arch_body "$name-{n}")"
+          -H "Authorization: Bearer $ARCH_TOKEN")
   else
     LOAD=("$httpload" "${t[@]}" -p /v3/kv/put -b "$(etcd_body "bench/$name/{n}")")
   fi

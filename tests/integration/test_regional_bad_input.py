@@ -203,9 +203,16 @@ def check_member_cases(topo):
     f.raise_any()
 
 
+def auth_header(node):
+    """The admin token as a raw header line (the topology's, empty without a controller)."""
+    token = node.topo.token
+    return b"Authorization: Bearer %s\r\n" % token.encode() if token else b""
+
+
 def raw_post(node, body, extra_headers=b""):
     head = (b"POST /v1/sites HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n" % (node.http.encode(), len(body)))
+    head += auth_header(node)
     return raw_http(node.http, head + extra_headers + b"\r\n" + body, timeout=10)
 
 
@@ -236,7 +243,8 @@ def check_oversized_chunked(topo):
                       for i in range(0, len(body), 65536)) + b"0\r\n\r\n"
     for n in topo.region_nodes("r1"):
         head = (b"POST /v1/sites HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+                b"Transfer-Encoding: chunked\r\nConnection: close\r\n" + auth_header(n) +
+                b"\r\n")
         r = raw_http(n.http, head + chunks, timeout=10)
         if r.status != 0:
             expect_error(r, 413, "too_large", what="chunked 1 MiB body to node %d" % n.id)

@@ -305,8 +305,9 @@ static void test_type_names(void **state)
     assert_string_equal(ap_wire_type_name(AP_WIRE_RIGHTS_GRANT), "rights_grant");
     assert_string_equal(ap_wire_type_name(AP_WIRE_REDIRECT), "redirect");
     assert_string_equal(ap_wire_type_name(AP_WIRE_ERROR), "error");
+    assert_string_equal(ap_wire_type_name(AP_WIRE_STATE), "state");
     assert_string_equal(ap_wire_type_name(0), "unknown");
-    assert_string_equal(ap_wire_type_name(9), "unknown");
+    assert_string_equal(ap_wire_type_name(10), "unknown");
 }
 
 static void test_not_a_map_and_trailing(void **state)
