@@ -110,9 +110,9 @@ const struct ap_claims *ap_authn_request(struct ap_authn *a, struct ap_http_req 
         e = &a->cache[slot % a->cache_size];
         if (e->used && sodium_memcmp(e->hash, hash, HASH_SIZE) == 0) {
             c = &e->claims;
-            if (now > c->exp + AP_TOKEN_CLOCK_SKEW) {
+            if (now >= c->exp) {
                 e->used = false;
-                c = NULL; /* Let verify say how it expired. */
+                c = NULL; /* Near or past expiry: verify decides and says how it expired. */
             }
         }
     }
