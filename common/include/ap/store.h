@@ -46,6 +46,9 @@ struct ap_store_stats {
 /** Statements the per-store cache keeps before evicting the least recently used idle one. */
 #define AP_STORE_STMT_CACHE 64
 
+/** Page cache limit of a store, KiB (PRAGMA cache_size; docs/store.md). */
+#define AP_STORE_CACHE_KIB 32768
+
 /** Largest image ap_store_restore accepts. */
 #define AP_STORE_MAX_IMAGE ((size_t)1 << 30)
 
