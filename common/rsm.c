@@ -60,6 +60,10 @@ struct ap_rsm {
     uv_loop_t *loop;
     struct raft raft;
     struct raft_io io;
+    /* raft_uv's own start and the recv callback raft gave it (see io_recv). */
+    int (*uv_start)(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, raft_io_recv_cb recv);
+    raft_io_recv_cb raft_recv;
+    uint64_t leader_contact_ms; /* When a leader's message last arrived (loop time). */
     struct ap_raft_transport transport;
     struct ap_store *store;
     struct ap_rsm_fsm *fsm;
@@ -90,6 +94,48 @@ struct ap_rsm {
         *m_snapshots, *m_is_leader;
     uint64_t snapshots_seen;
 };
+
+/*
+ * Every message raft receives passes here first (docs/replication.md
+ * "Elections"). canonical/raft 0.15 refuses a vote while the voter still
+ * believes in a leader, and a follower forgets its leader only when its own
+ * randomized timeout fires: after a leader dies the region waits for the
+ * later of the two survivors' timeouts. The thesis' rule (section 4.2.3) is
+ * to refuse only "within the minimum election timeout of hearing from a
+ * current leader": past that, a follower marks the request as allowed to
+ * disrupt the leader it no longer hears from, so the first survivor to time
+ * out wins. A leader, or a follower that heard from its leader recently,
+ * still refuses, which keeps removed or partitioned servers from disrupting
+ * a healthy group.
+ */
+static void io_recv(struct raft_io *io, struct raft_message *m)
+{
+    struct ap_rsm *r = AP_CONTAINER_OF(io, struct ap_rsm, io);
+    uint64_t now = uv_now(r->loop);
+    switch (m->type) {
+    case RAFT_IO_APPEND_ENTRIES:
+    case RAFT_IO_INSTALL_SNAPSHOT:
+    case RAFT_IO_TIMEOUT_NOW:
+        r->leader_contact_ms = now;
+        break;
+    case RAFT_IO_REQUEST_VOTE:
+        if (raft_state(&r->raft) == RAFT_FOLLOWER && now - r->leader_contact_ms >= r->election_ms) {
+            m->request_vote.disrupt_leader = true;
+        }
+        break;
+    default:
+        break;
+    }
+    r->raft_recv(io, m);
+}
+
+static int io_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
+                    raft_io_recv_cb recv)
+{
+    struct ap_rsm *r = AP_CONTAINER_OF(io, struct ap_rsm, io);
+    r->raft_recv = recv;
+    return r->uv_start(io, msecs, tick, io_recv);
+}
 
 static uint64_t now_ns(void)
 {
@@ -780,6 +826,9 @@ int ap_rsm_start(struct ap_rsm *r, char *errmsg)
     }
     raft_uv_set_snapshot_compression(&r->io, false);
     raft_uv_set_connect_retry_delay(&r->io, 200);
+    r->uv_start = r->io.start;
+    r->io.start = io_start;
+    r->leader_contact_ms = uv_now(r->loop);
     rv = raft_init(&r->raft, &r->io, ap_rsm_fsm_raft(r->fsm), r->id, r->raft_addr);
     if (rv != 0) {
         /* RAFT-NOTES pitfall 8: the reason is in raft_errmsg(). */
@@ -793,7 +842,10 @@ int ap_rsm_start(struct ap_rsm *r, char *errmsg)
     ap_rsm_fsm_attach(r->fsm, &r->raft);
     raft_set_election_timeout(&r->raft, r->election_ms);
     raft_set_heartbeat_timeout(&r->raft, r->heartbeat_ms);
-    raft_set_snapshot_threshold(&r->raft, r->threshold);
+    /* Offset per node, so the members of a group do not all pause for a snapshot at the same
+     * index (docs/replication.md "Snapshots"). */
+    raft_set_snapshot_threshold(&r->raft,
+                                r->threshold + (unsigned)((r->id - 1) % 4) * (r->threshold / 4));
     raft_set_snapshot_trailing(&r->raft, r->trailing);
     raft_set_pre_vote(&r->raft, true);
 
