@@ -103,69 +103,69 @@ static void format_time(int64_t t, char *out, size_t size)
     strftime(out, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+/* Sign a token for the user the worker checked; every path frees t. */
 static void token_issue(uv_work_t *w, int status)
 {
     struct token_work *t = w->data;
     struct ctl_node *n = t->n;
     struct ap_http_req *req = t->req;
-    char errmsg[AP_ERRMSG_SIZE];
+    char errmsg[AP_ERRMSG_SIZE], hash[AP_PASSWORD_HASH_SIZE];
+    char token[AP_TOKEN_MAX_LEN], exp[32];
+    uint8_t pk[AP_TOKEN_PK_SIZE], sk[AP_TOKEN_SK_SIZE];
+    json_t *grants = NULL;
+    struct ap_store *st = ap_rsm_store(n->rsm);
+    struct ap_claims *cl = NULL; /* About 40 KiB: not on the stack. */
     if (status != 0 || t->verdict != 0) {
         ap_http_reply_error(req, 401, "unauthenticated", "invalid user or password", NULL);
-        ap_free(t);
-        return;
+        goto out;
+    }
+    cl = ap_calloc(1, sizeof *cl);
+    if (cl == NULL) {
+        ap_http_reply_err(req, AP_ENOMEM, "out of memory");
+        goto out;
     }
     /* Read the user again: it may have changed while the hash was checked. */
-    static struct ap_claims claims; /* Large; the loop thread is the only user. */
-    memset(&claims, 0, sizeof claims);
-    char hash[AP_PASSWORD_HASH_SIZE];
-    json_t *grants = NULL;
-    uint8_t pk[AP_TOKEN_PK_SIZE], sk[AP_TOKEN_SK_SIZE];
-    struct ap_store *st = ap_rsm_store(n->rsm);
-    if (ccat_user_auth(st, t->user, hash, sizeof hash, claims.tenant, sizeof claims.tenant,
-                       &claims.gen, &grants) != 0 ||
+    if (ccat_user_auth(st, t->user, hash, sizeof hash, cl->tenant, sizeof cl->tenant, &cl->gen,
+                       &grants) != 0 ||
         strcmp(hash, t->hash) != 0) {
         ap_http_reply_error(req, 401, "unauthenticated", "invalid user or password", NULL);
-        json_decref(grants);
-        ap_free(t);
-        return;
+        goto out;
     }
     if (ccat_key(st, pk, sk) != 0) {
-        json_decref(grants);
-        ap_free(t);
         ap_http_reply_error(req, 503, "unavailable", "the signing key is not created yet; retry",
                             NULL);
-        return;
+        goto out;
     }
-    ap_strlcpy(claims.user, t->user, sizeof claims.user);
-    claims.iat = (int64_t)time(NULL);
-    claims.exp = claims.iat + t->ttl;
+    ap_strlcpy(cl->user, t->user, sizeof cl->user);
+    cl->iat = (int64_t)time(NULL);
+    cl->exp = cl->iat + t->ttl;
     size_t i;
     json_t *g;
     json_array_foreach(grants, i, g)
     {
         json_object_del(g, "id");
-        if (claims.n_grants < AP_CLAIMS_MAX_GRANTS &&
-            ap_grant_from_json(g, &claims.grants[claims.n_grants], errmsg) == 0) {
-            claims.n_grants++;
+        if (cl->n_grants < AP_CLAIMS_MAX_GRANTS &&
+            ap_grant_from_json(g, &cl->grants[cl->n_grants], errmsg) == 0) {
+            cl->n_grants++;
         }
     }
-    json_decref(grants);
-    char token[AP_TOKEN_MAX_LEN], exp[32];
-    int rv = ap_token_sign(&claims, sk, token, sizeof token);
+    int rv = ap_token_sign(cl, sk, token, sizeof token);
     sodium_memzero(sk, sizeof sk);
     if (rv != 0) {
         ap_http_reply_err(req, rv, "could not sign the token (too many grants?)");
-        ap_free(t);
-        return;
+        goto out;
     }
-    format_time(claims.exp, exp, sizeof exp);
+    format_time(cl->exp, exp, sizeof exp);
     ap_metric_inc(n->m_tokens);
-    AP_LOG(AP_LOG_INFO, "token_issued user=%s grants=%zu expires_at=%s", claims.user,
-           claims.n_grants, exp);
+    AP_LOG(AP_LOG_INFO, "token_issued user=%s grants=%zu expires_at=%s", cl->user, cl->n_grants,
+           exp);
     ap_http_reply_json(req, 201,
                        json_pack("{s:s, s:s, s:s, s:s, s:I}", "token", token, "expires_at", exp,
-                                 "user", claims.user, "tenant", claims.tenant, "gen",
-                                 (json_int_t)claims.gen));
+                                 "user", cl->user, "tenant", cl->tenant, "gen",
+                                 (json_int_t)cl->gen));
+out:
+    json_decref(grants);
+    ap_free(cl);
     ap_free(t);
 }
 

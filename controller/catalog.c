@@ -35,6 +35,9 @@ const struct ap_store_migration ccat_migrations[] = {
         "CREATE TABLE grants("
         " id INTEGER PRIMARY KEY, user TEXT NOT NULL, grant_json TEXT NOT NULL);"
         "CREATE INDEX grants_by_user ON grants(user);"},
+    /* 2: grant ids only grow (a retried revoke never hits a newer grant). */
+    {2, "CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+        "INSERT INTO counters(name, value) SELECT 'grant', COALESCE(MAX(id), 0) FROM grants;"},
 };
 const size_t ccat_n_migrations = AP_ARRAY_LEN(ccat_migrations);
 
@@ -330,6 +333,11 @@ static void apply_tenant_put(struct ap_store *st, const msgpack_object *cmd,
         ap_store_bind_int64(st, s, 5, (int64_t)at_ms);
         rv = ap_store_step_done(st, s);
     }
+    /* The split carried replaces the tenant's allotments whole: a region left out (deleted
+     * meanwhile) keeps nothing, so the allotments never sum past the quota. */
+    if (rv == 0) {
+        rv = exec_stmt(st, "DELETE FROM allotments WHERE tenant=?1", name, NULL, NULL, NULL);
+    }
     for (uint32_t i = 0; rv == 0 && i < allot->via.array.size; i++) {
         const msgpack_object *e = &allot->via.array.ptr[i];
         char region[64];
@@ -339,6 +347,10 @@ static void apply_tenant_put(struct ap_store *st, const msgpack_object *cmd,
                 0 ||
             read_amounts(&e->via.array.ptr[1], &a, res->message) != 0) {
             res->status = AP_EPROTO;
+            if (res->message[0] == '\0') {
+                ap_errmsg_set(res->message, "field 'allot': element %u is not [region, amounts]",
+                              i);
+            }
             return;
         }
         rv = ap_store_prepare(st,
@@ -418,7 +430,10 @@ static int insert_grant(struct ap_store *st, const char *user, const char *grant
                         int64_t *id)
 {
     sqlite3_stmt *s;
-    int rv = ap_store_prepare(st, "SELECT COALESCE(MAX(id), 0) + 1 FROM grants", &s);
+    int rv = ap_store_exec(st, "UPDATE counters SET value = value + 1 WHERE name='grant'");
+    if (rv == 0) {
+        rv = ap_store_prepare(st, "SELECT value FROM counters WHERE name='grant'", &s);
+    }
     if (rv != 0) {
         return rv;
     }
@@ -645,9 +660,11 @@ static void apply_region_delete(struct ap_store *st, const msgpack_object *cmd,
 {
     char name[64];
     int rv = ap_mp_get_str(cmd, "name", name, sizeof name, true, res->message);
-    if (rv == 0) {
-        rv = exec_stmt(st, "DELETE FROM regions WHERE name=?1", name, NULL, NULL, NULL);
+    if (rv != 0) {
+        res->status = rv;
+        return;
     }
+    rv = exec_stmt(st, "DELETE FROM regions WHERE name=?1", name, NULL, NULL, NULL);
     if (rv == 0 && sqlite3_changes(ap_store_db(st)) == 0) {
         res->status = AP_ENOTFOUND;
         ap_errmsg_set(res->message, "region '%s' not found", name);

@@ -85,7 +85,7 @@ static struct fan *fan_new(struct ctl_node *n, struct ap_http_req *req)
 static int fan_add(struct fan *f, const char *region, const char *method, const char *path,
                    json_t *body, const char *tag, json_t *tag_json)
 {
-    static char names[CCAT_MAX_REGIONS][64];
+    char names[CCAT_MAX_REGIONS][64];
     size_t n_names = 0;
     struct ap_store *st = ap_rsm_store(f->n->rsm);
     if (region != NULL) {
@@ -752,7 +752,7 @@ static void h_instance_create(struct ap_http_req *req, void *data)
     if (region != NULL) {
         json_array_append_new(regions, json_string(region));
     } else {
-        static char names[CCAT_MAX_REGIONS][64];
+        char names[CCAT_MAX_REGIONS][64];
         size_t nn = 0;
         ccat_region_names(ap_rsm_store(n->rsm), names, CCAT_MAX_REGIONS, &nn);
         for (size_t i = 0; i < nn; i++) {

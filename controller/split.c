@@ -18,7 +18,7 @@ void split__even(const struct ccat_amounts *quota, size_t n, struct ccat_amounts
 int split__encode_tenant(struct ap_store *st, const char *name, bool create,
                          const struct ccat_amounts *quota, uint8_t **cmd, size_t *len)
 {
-    static char names[CCAT_MAX_REGIONS][64];
+    char names[CCAT_MAX_REGIONS][64];
     const char *ptrs[CCAT_MAX_REGIONS];
     struct ccat_amounts allot[CCAT_MAX_REGIONS];
     size_t n = 0;
