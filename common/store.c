@@ -170,6 +170,12 @@ static int configure(struct ap_store *s)
     /* docs/store.md: a group-committed batch of entries dirties many pages; with SQLite's
      * default 2 MiB cache they spill to the WAL in the middle of the transaction. The cache
      * grows only as pages are used, so small stores (a site's shard) stay small. */
+    /* Savepoints (one per applied command) keep the original of every page they touch in a
+     * sub-journal: in memory, not in a temporary file written at every insert. */
+    rc = sqlite3_exec(s->db, "PRAGMA temp_store=MEMORY", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        return fail_sqlite(s, rc, "temp store");
+    }
     char pragma[64];
     snprintf(pragma, sizeof pragma, "PRAGMA cache_size=-%d", AP_STORE_CACHE_KIB);
     rc = sqlite3_exec(s->db, pragma, NULL, NULL, NULL);
