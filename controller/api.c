@@ -630,6 +630,10 @@ static bool user_tenant(struct ctl_node *n, struct ap_http_req *req, const char 
 static void h_user_delete(struct ap_http_req *req, void *data)
 {
     struct ctl_node *n = data;
+    if (ap_rsm_role(n->rsm) != AP_RSM_LEADER) {
+        ap_rsm_http_forward(n->rh, req); /* The leader's copy of the user decides. */
+        return;
+    }
     const struct ap_claims *c = authed(n, req);
     const char *name = c != NULL ? name_param(req, "name", "user") : NULL;
     char tenant[AP_NAME_MAX];
@@ -650,6 +654,10 @@ static void h_user_delete(struct ap_http_req *req, void *data)
 static void h_grant_add(struct ap_http_req *req, void *data)
 {
     struct ctl_node *n = data;
+    if (ap_rsm_role(n->rsm) != AP_RSM_LEADER) {
+        ap_rsm_http_forward(n->rh, req); /* The leader's copy of the user decides. */
+        return;
+    }
     const struct ap_claims *c = authed(n, req);
     const char *name = c != NULL ? name_param(req, "name", "user") : NULL;
     char tenant[AP_NAME_MAX], errmsg[AP_ERRMSG_SIZE];
@@ -687,6 +695,10 @@ static void h_grant_add(struct ap_http_req *req, void *data)
 static void h_grant_remove(struct ap_http_req *req, void *data)
 {
     struct ctl_node *n = data;
+    if (ap_rsm_role(n->rsm) != AP_RSM_LEADER) {
+        ap_rsm_http_forward(n->rh, req); /* The leader's copy of the user decides. */
+        return;
+    }
     const struct ap_claims *c = authed(n, req);
     const char *name = c != NULL ? name_param(req, "name", "user") : NULL;
     char tenant[AP_NAME_MAX];

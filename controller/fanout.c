@@ -656,11 +656,13 @@ static void place_done(struct fan *f)
     }
     g->ctx = json_incref(f->ctx);
     json_t *tried = json_object_get(g->ctx, "tried");
+    json_t *err = c->reached ? json_object_get(c->resp, "error") : NULL;
     json_array_append_new(tried, json_pack("{s:s, s:i, s:o}", "region", c->region, "status",
                                            c->reached ? (int)c->status : 503, "error",
-                                           c->reached && json_object_get(c->resp, "error")
-                                               ? json_incref(json_object_get(c->resp, "error"))
-                                               : json_string(c->err)));
+                                           err != NULL ? json_incref(err)
+                                                       : json_pack("{s:s, s:s}", "code",
+                                                                   "region_unreachable", "message",
+                                                                   c->err)));
     fan_free(f);
     place_next(g);
 }
@@ -670,9 +672,20 @@ static void place_next(struct fan *f)
     json_t *regions = json_object_get(f->ctx, "regions");
     size_t next = (size_t)json_integer_value(json_object_get(f->ctx, "next"));
     if (next >= json_array_size(regions)) {
-        ap_http_reply_error(f->req, 409, "no_capacity",
-                            "no region could place the instance (see details.tried)",
-                            json_pack("{s:O}", "tried", json_object_get(f->ctx, "tried")));
+        /* Every region unreachable: 503; some answered that nothing fits: 409. */
+        json_t *tried = json_object_get(f->ctx, "tried");
+        size_t i, unreachable_n = 0;
+        json_t *x;
+        json_array_foreach(tried, i, x)
+        {
+            unreachable_n += json_integer_value(json_object_get(x, "status")) == 503;
+        }
+        bool none_reached = json_array_size(tried) > 0 && unreachable_n == json_array_size(tried);
+        ap_http_reply_error(f->req, none_reached ? 503 : 409,
+                            none_reached ? "region_unreachable" : "no_capacity",
+                            none_reached ? "no region could be reached to place the instance"
+                                         : "no region could place the instance (see details.tried)",
+                            json_pack("{s:O}", "tried", tried));
         fan_free(f);
         return;
     }
@@ -721,7 +734,8 @@ static void h_instance_create(struct ap_http_req *req, void *data)
         if (f == NULL) {
             return;
         }
-        f->ctx = json_pack("{s:O}", "body", body);
+        f->ctx = json_pack("{s:o}", "body", json_deep_copy(body));
+        json_object_del(json_object_get(f->ctx, "body"), "region");
         if (fan_add(f, NULL, "GET", "/v1/sites?stale=1", NULL, NULL, NULL) != 0) {
             fan_free(f);
             ap_http_reply_err(req, AP_EIO, "could not list the regions");
@@ -738,7 +752,9 @@ static void h_instance_create(struct ap_http_req *req, void *data)
         char path[128], what[96];
         snprintf(path, sizeof path, "/v1/sites/%s?stale=1", site);
         snprintf(what, sizeof what, "site '%s'", site);
-        routed(n, req, path, what, json_deep_copy(body));
+        json_t *copy = json_deep_copy(body);
+        json_object_del(copy, "region"); /* The region is the site's; regions take no such field. */
+        routed(n, req, path, what, copy);
         return;
     }
     /* Placement (L2.2): the named region, or each region in turn. */

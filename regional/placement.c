@@ -14,8 +14,11 @@
 #include <string.h>
 #include <time.h>
 
-/** A view older than this is rebuilt once no pick is pending. */
-#define STALE_MS 500
+/** How often, with no pick pending, the sites table is checked for changes (a cheap query). */
+#define CHECK_MS 250
+/** A view older than this is rebuilt once no pick is pending (usage changed by other paths:
+ * creates naming their site, deletes, site-local creates). */
+#define STALE_MS 5000
 
 struct placement {
     char region[AP_NAME_MAX];
@@ -29,6 +32,8 @@ struct placement {
     bool labels_built;
     uint64_t built_index;
     uint64_t built_ms;
+    uint64_t checked_ms;
+    int64_t sites_version[2]; /* COUNT(*) and MAX(updated_at_ms) of sites when built. */
     unsigned pending;
     struct ap_sched_verdict *verdicts;
 };
@@ -98,6 +103,21 @@ static void fill_labels(struct ap_sched_labels *out, json_t *obj)
             ap_strlcpy(out->kv[out->n].value, json_string_value(v), sizeof out->kv[0].value);
             out->n++;
         }
+    }
+}
+
+/* A cheap fingerprint of the sites table: it moves when a site is added, removed or changed. */
+static void sites_version(struct ap_store *st, int64_t out[2])
+{
+    sqlite3_stmt *s;
+    out[0] = out[1] = -1;
+    if (ap_store_prepare(st, "SELECT COUNT(*), COALESCE(MAX(updated_at_ms), 0) FROM sites", &s) ==
+        0) {
+        if (ap_store_step(st, s) == AP_STORE_ROW) {
+            out[0] = sqlite3_column_int64(s, 0);
+            out[1] = sqlite3_column_int64(s, 1);
+        }
+        ap_store_reset(s);
     }
 }
 
@@ -179,7 +199,8 @@ static int rebuild(struct placement *p, struct ap_store *st, uint64_t applied)
     p->n_sites = n;
     p->labels_built = false;
     p->built_index = applied;
-    p->built_ms = now_ms();
+    p->built_ms = p->checked_ms = now_ms();
+    sites_version(st, p->sites_version);
     return 0;
 }
 
@@ -293,10 +314,17 @@ static int prepare(struct placement *p, struct ap_store *st, uint64_t applied, j
                    int64_t cpu, int64_t memory, bool fresh, struct ap_sched_request *req,
                    char *errmsg)
 {
-    if (p->sites == NULL ||
-        (p->pending == 0 && p->built_index != applied &&
-         (fresh || now_ms() - p->built_ms >= STALE_MS)) ||
-        (p->pending == 0 && p->n_sites == 0)) {
+    uint64_t now = now_ms();
+    bool sites_moved = false;
+    if (p->sites != NULL && p->pending == 0 && p->built_index != applied &&
+        (fresh || now - p->checked_ms >= CHECK_MS)) {
+        int64_t v[2];
+        sites_version(st, v);
+        p->checked_ms = now;
+        sites_moved = v[0] != p->sites_version[0] || v[1] != p->sites_version[1];
+    }
+    if (p->sites == NULL || sites_moved ||
+        (p->pending == 0 && p->built_index != applied && (fresh || now - p->built_ms >= STALE_MS))) {
         int rv = rebuild(p, st, applied);
         if (rv != 0) {
             ap_errmsg_set(errmsg, "could not read the sites: %s", ap_strerror(rv));
