@@ -1312,7 +1312,9 @@ static void apply_inst_create(struct ap_store *st, uint64_t index, const msgpack
         ap_errmsg_set(res->message, "create instance: %s", ap_store_errmsg(st));
         goto done;
     }
-    res->value = ap_instjson_render(&r);
+    if (res->want_value) {
+        res->value = ap_instjson_render(&r);
+    }
 done:
     ap_instrec_clear(&r);
 }

@@ -33,6 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* 1. The bytes as one catalog command, applied inside a savepoint. */
     struct ap_rsm_result res;
     memset(&res, 0, sizeof res);
+    res.want_value = size % 2 == 0; /* Both paths: leader (renders results) and follower. */
     if (ap_store_savepoint(st, "fuzz") != 0) {
         abort();
     }

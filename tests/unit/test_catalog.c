@@ -47,6 +47,7 @@ static int apply(struct fx *f, uint8_t *cmd, size_t len)
     assert_non_null(cmd);
     json_decref(f->res.value);
     memset(&f->res, 0, sizeof f->res);
+    f->res.want_value = true; /* As on the leader that proposed it. */
     assert_int_equal(ap_store_savepoint(f->st, "cmd"), 0);
     catalog__apply(NULL, f->st, f->index++, cmd, len, &f->res);
     if (f->res.status != 0) {

@@ -26,6 +26,8 @@ struct ap_rsm_result {
     int status;                   /* 0, or AP_E* (the command's effects were undone). */
     char message[AP_ERRMSG_SIZE]; /* Why, when status != 0. */
     json_t *value;                /* Result document or NULL; owned by whoever holds the result. */
+    bool want_value;              /* Set before apply: false where no proposer can be waiting
+                                     (a follower), so apply may skip building value. */
 };
 
 /**
