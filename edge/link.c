@@ -26,6 +26,7 @@ struct link {
     char site[64];
     char region[32];
     char local_ip[48];
+    char http[64];
     char targets[LINK_MAX_TARGETS][64];
     size_t n_targets;
     size_t target;
@@ -94,9 +95,11 @@ static void send_hello(struct link *l)
     uint8_t *body;
     size_t len;
     ap_mp_writer_init(&w);
-    ap_mp_write_map(&w, 5);
+    ap_mp_write_map(&w, 6);
     ap_mp_write_str(&w, "site");
     ap_mp_write_str(&w, l->site);
+    ap_mp_write_str(&w, "http");
+    ap_mp_write_str(&w, l->http);
     ap_mp_write_str(&w, "region");
     ap_mp_write_str(&w, l->region);
     ap_mp_write_str(&w, "caps");
@@ -475,6 +478,7 @@ int link__start(struct link **out, uv_loop_t *loop, struct shard *sh, const stru
     l->hooks = *hooks;
     ap_strlcpy(l->site, cfg->site, sizeof l->site);
     ap_strlcpy(l->region, cfg->region, sizeof l->region);
+    ap_strlcpy(l->http, cfg->http != NULL ? cfg->http : "", sizeof l->http);
     ap_strlcpy(l->local_ip, cfg->local_ip, sizeof l->local_ip);
     for (size_t i = 0; i < cfg->n_targets; i++) {
         ap_strlcpy(l->targets[i], cfg->targets[i], sizeof l->targets[i]);

@@ -19,6 +19,7 @@ struct link_config {
     const char *site;
     const char *region;
     const char *local_ip;                  /* Every outgoing socket binds to it. */
+    const char *http;                      /* This site's HTTP API "ip:port" (in HELLO). */
     const char *targets[LINK_MAX_TARGETS]; /* Link addresses "ip:port" of the region's nodes. */
     size_t n_targets;
     unsigned heartbeat_ms;   /* 0: 1000. */

@@ -191,8 +191,11 @@ int edge_node_start(struct edge_node **out, uv_loop_t *loop, const struct edge_c
     for (size_t i = 0; i < json_array_size(caps) && n_caps < AP_ARRAY_LEN(cap_names); i++) {
         cap_names[n_caps++] = json_string_value(json_array_get(caps, i));
     }
+    char http[64];
+    snprintf(http, sizeof http, "%s:%u", cfg->ip, cfg->http_port);
     struct link_config lc = {
         .site = cfg->site,
+        .http = http,
         .region = cfg->region,
         .local_ip = cfg->ip,
         .n_targets = cfg->n_targets,

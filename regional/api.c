@@ -5,6 +5,7 @@
 #include "ap/base.h"
 #include "ap/err.h"
 #include "ap/hlc.h"
+#include "ap/httpc.h"
 #include "ap/rsm_http.h"
 #include "ap/instjson.h"
 #include "ap/log.h"
@@ -323,6 +324,102 @@ static void h_instance_create(struct ap_http_req *req, void *data)
         }
         ap_free(c);
     }
+}
+
+static const char *instance_id(struct regional_node *n, struct ap_http_req *req);
+
+/* ---- logs: read from the site that runs the instance ---- */
+
+struct logs_relay {
+    struct ap_http_req *req;
+    char site[AP_INSTREC_NAME_SIZE];
+};
+
+static void logs_done(int err, struct ap_httpc_resp *resp, const char *errmsg, void *data)
+{
+    struct logs_relay *l = data;
+    if (err != 0) {
+        char msg[AP_ERRMSG_SIZE + 96];
+        snprintf(msg, sizeof msg, "site %s is unreachable: %s; its logs stay on the site", l->site,
+                 errmsg != NULL ? errmsg : ap_strerror(err));
+        ap_http_reply_error(l->req, 503, "site_unreachable", msg,
+                            json_pack("{s:s}", "site", l->site));
+    } else {
+        ap_http_reply_raw(l->req, resp->status,
+                          resp->content_type != NULL ? resp->content_type : "text/plain",
+                          resp->body != NULL ? resp->body : "", resp->body_len);
+    }
+    ap_free(l);
+}
+
+/* GET /v1/instances/{id}/logs: the logs live on the site; the region relays them, the site
+ * checks the token again (docs/api.md). Served from this node's replica. */
+static void h_instance_logs(struct ap_http_req *req, void *data)
+{
+    struct regional_node *n = data;
+    const struct ap_claims *claims;
+    struct ap_instrec r;
+    if (!who(n, req, &claims)) {
+        return;
+    }
+    const char *id = instance_id(n, req);
+    if (id == NULL) {
+        return;
+    }
+    if (catalog__instance_get(ap_rsm_store(n->rsm), id, &r) != 0) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "instance %s not found in region %s", id, n->cfg.region);
+        ap_http_reply_err(req, AP_ENOTFOUND, msg);
+        return;
+    }
+    bool ok = allow(n, req, claims, AP_ACT_READ, r.tenant, r.site);
+    json_t *site = NULL;
+    const char *http = NULL;
+    if (ok && catalog__site_get(ap_rsm_store(n->rsm), r.site, &site) == 0) {
+        http = json_string_value(json_object_get(site, "http"));
+    }
+    struct logs_relay *l = ok ? ap_calloc(1, sizeof *l) : NULL;
+    if (ok && (l == NULL || http == NULL || http[0] == '\0')) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "site %s has not linked to region %s yet: no address to read "
+                 "the logs from", r.site, n->cfg.region);
+        ap_http_reply_error(req, 503, "site_unreachable", msg, NULL);
+        ap_free(l);
+        ok = false;
+    }
+    if (ok) {
+        l->req = req;
+        ap_strlcpy(l->site, r.site, sizeof l->site);
+        static const char *const keys[] = {"stream", "tail_bytes"};
+        char url[512], auth[AP_HTTP_MAX_AUTH_HEADER + 32];
+        size_t k = (size_t)snprintf(url, sizeof url, "http://%s/v1/instances/%s/logs", http, id);
+        for (size_t i = 0; i < AP_ARRAY_LEN(keys); i++) {
+            const char *v = ap_http_req_query(req, keys[i]);
+            /* Values the site accepts are digits or stdout/stderr: anything else is dropped. */
+            if (v != NULL && strspn(v, "0123456789abcdefghijklmnopqrstuvwxyz") == strlen(v) &&
+                k + strlen(keys[i]) + strlen(v) + 3 < sizeof url) {
+                k += (size_t)snprintf(url + k, sizeof url - k, "%c%s=%s",
+                                      strchr(url, '?') != NULL ? '&' : '?', keys[i], v);
+            }
+        }
+        const char *headers[2] = {NULL, NULL};
+        const char *a = ap_http_req_header(req, "Authorization");
+        if (a != NULL && strlen(a) <= AP_HTTP_MAX_AUTH_HEADER) {
+            snprintf(auth, sizeof auth, "Authorization: %s", a);
+            headers[0] = auth;
+        }
+        struct ap_httpc_req hr = {.method = "GET",
+                                  .url = url,
+                                  .headers = headers,
+                                  .timeout_ms = 5000,
+                                  .source_ip = n->cfg.ip};
+        if (ap_httpc_start(n->loop, &hr, logs_done, l) != 0) {
+            ap_free(l);
+            ap_http_reply_err(req, AP_EINTERNAL, "could not ask the site for the logs");
+        }
+    }
+    json_decref(site);
+    ap_instrec_clear(&r);
 }
 
 /* POST /v1/placements:explain: the scheduler's dry run, nothing written. */
@@ -733,6 +830,7 @@ int api__register(struct regional_node *n)
         {"PUT", "/v1/quotas/{tenant}/reserves/{site}", h_reserve_set},
         {"GET", "/metrics", h_metrics},
         {"POST", "/v1/placements:explain", h_explain},
+        {"GET", "/v1/instances/{id}/logs", h_instance_logs},
         {"POST", "/v1/sites/{name}/cordon", h_site_cordon},
         {"POST", "/v1/sites/{name}/uncordon", h_site_uncordon},
     };

@@ -125,6 +125,8 @@ const struct ap_store_migration catalog__migrations[] = {
         " UPDATE quota_assigned SET assigned = assigned - max(OLD.granted - OLD.returned, 0)"
         "  WHERE tenant = OLD.tenant AND resource = OLD.resource;"
         " END;"},
+    /* 6: the site's own HTTP address, from its HELLO: where the region reads logs. */
+    {6, "ALTER TABLE sites ADD COLUMN http TEXT NOT NULL DEFAULT '';"},
 };
 const size_t catalog__n_migrations = AP_ARRAY_LEN(catalog__migrations);
 
@@ -836,7 +838,7 @@ int catalog__sites_in_state(struct ap_store *st, const char *state, char ***name
 
 static const char *site_columns =
     "SELECT name, labels, cpu_millis, memory_mb, max_instances, capabilities, state,"
-    " last_heartbeat_ms, created_at_ms, updated_at_ms, cordoned FROM sites";
+    " last_heartbeat_ms, created_at_ms, updated_at_ms, cordoned, http FROM sites";
 
 static json_t *site_row_json(sqlite3_stmt *stmt)
 {
@@ -847,7 +849,7 @@ static json_t *site_row_json(sqlite3_stmt *stmt)
     format_time(sqlite3_column_int64(stmt, 8), created, sizeof created);
     format_time(sqlite3_column_int64(stmt, 9), updated, sizeof updated);
     format_time(hb_ms, hb, sizeof hb);
-    return json_pack("{s:s, s:o, s:{s:I, s:I, s:I}, s:o, s:s, s:o, s:s, s:s, s:b}", "name",
+    return json_pack("{s:s, s:o, s:{s:I, s:I, s:I}, s:o, s:s, s:o, s:s, s:s, s:b, s:s}", "name",
                      (const char *)sqlite3_column_text(stmt, 0), "labels",
                      labels != NULL ? labels : json_object(), "capacity", "cpu_millis",
                      (json_int_t)sqlite3_column_int64(stmt, 2), "memory_mb",
@@ -856,7 +858,8 @@ static json_t *site_row_json(sqlite3_stmt *stmt)
                      caps != NULL ? caps : json_array(), "state",
                      (const char *)sqlite3_column_text(stmt, 6), "last_heartbeat",
                      hb_ms > 0 ? json_string(hb) : json_null(), "created_at", created, "updated_at",
-                     updated, "cordoned", sqlite3_column_int(stmt, 10) != 0);
+                     updated, "cordoned", sqlite3_column_int(stmt, 10) != 0, "http",
+                     (const char *)sqlite3_column_text(stmt, 11));
 }
 
 int catalog__site_get(struct ap_store *st, const char *name, json_t **out)
@@ -1056,6 +1059,7 @@ static void apply_site_state(struct ap_store *st, uint64_t index, const msgpack_
     }
     /* Capabilities and capacity are the site's to say (one writer per field). */
     char *caps_text = NULL;
+    char http[64] = "";
     int64_t cpu = -1, mem = -1, inst = -1;
     msgpack_unpacked up;
     bool have_hello = false;
@@ -1073,6 +1077,9 @@ static void apply_site_state(struct ap_store *st, uint64_t index, const msgpack_
             caps_text = json_dumps(arr, JSON_COMPACT);
             json_decref(arr);
         }
+        if (ap_mp_get_str(&up.data, "http", http, sizeof http, false, NULL) != 0) {
+            http[0] = '\0';
+        }
         if (ap_mp_get_map(&up.data, "capacity", &cap, 8, false, NULL) == 0 && cap != NULL) {
             ap_mp_get_i64(cap, "cpu_millis", &cpu, 0, INT64_MAX, false, NULL);
             ap_mp_get_i64(cap, "memory_mb", &mem, 0, INT64_MAX, false, NULL);
@@ -1087,7 +1094,8 @@ static void apply_site_state(struct ap_store *st, uint64_t index, const msgpack_
         " capabilities=COALESCE(?4, capabilities),"
         " cpu_millis=CASE WHEN ?5>=0 THEN ?5 ELSE cpu_millis END,"
         " memory_mb=CASE WHEN ?6>=0 THEN ?6 ELSE memory_mb END,"
-        " max_instances=CASE WHEN ?7>=0 THEN ?7 ELSE max_instances END"
+        " max_instances=CASE WHEN ?7>=0 THEN ?7 ELSE max_instances END,"
+        " http=CASE WHEN ?8 != '' THEN ?8 ELSE http END"
         " WHERE name=?1",
         &stmt);
     if (rv == 0) {
@@ -1098,6 +1106,7 @@ static void apply_site_state(struct ap_store *st, uint64_t index, const msgpack_
         ap_store_bind_int64(st, stmt, 5, cpu);
         ap_store_bind_int64(st, stmt, 6, mem);
         ap_store_bind_int64(st, stmt, 7, inst);
+        ap_store_bind_text(st, stmt, 8, http);
         rv = ap_store_step_done(st, stmt);
     }
     free(caps_text);

@@ -97,6 +97,16 @@ def main(t):
 
     t.check("a dry run lists every candidate and why it was kept or rejected", explain)
 
+    def logs():
+        r = ctl.request_full("POST", "/v1/instances", body(
+            "talker", site="r1-s2", command=["sh", "-c", "echo hello-from-the-site; sleep 600"]))
+        iid = harness.expect_status(r, 201, "create talker")["id"]
+        return harness.wait_until(lambda: "hello-from-the-site" in ctl.request_full(
+            "GET", "/v1/instances/%s/logs?stream=stdout" % iid).text, 20,
+            "the workload's stdout read through the controller")
+
+    t.check("logs read through the controller (relayed by the region from the site)", logs)
+
     def no_fit():
         r = ctl.request_full("POST", "/v1/instances", body("huge", resources={
             "cpu_millis": 1000000, "memory_mb": 8}))

@@ -51,6 +51,7 @@ static int apply(struct fx *f, uint8_t *cmd, size_t len)
     assert_int_equal(ap_store_savepoint(f->st, "cmd"), 0);
     catalog__apply(NULL, f->st, f->index++, cmd, len, &f->res);
     if (f->res.status != 0) {
+        print_message("apply: %s\n", f->res.message);
         assert_int_equal(ap_store_rollback_to(f->st, "cmd"), 0);
     } else {
         assert_int_equal(ap_store_release(f->st, "cmd"), 0);
