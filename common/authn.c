@@ -11,6 +11,7 @@
 #include <time.h>
 
 #define HASH_SIZE 16
+#define USER_SLOTS 32
 
 struct cache_entry {
     bool used;
@@ -18,8 +19,21 @@ struct cache_entry {
     struct ap_claims claims;
 };
 
+/* A remembered answer of src.user (or of src.key, in struct ap_authn). */
+struct user_slot {
+    char name[AP_NAME_MAX];
+    uint64_t at_ms; /* 0: empty. */
+    int rv;
+    uint64_t gen;
+    bool deleted;
+};
+
 struct ap_authn {
     struct ap_authn_source src;
+    uint64_t key_at_ms; /* 0: not cached. */
+    uint8_t key[AP_TOKEN_PK_SIZE];
+    struct user_slot users[USER_SLOTS];
+    unsigned next_slot;
     size_t cache_size;
     struct cache_entry *cache;
     struct ap_claims scratch;
@@ -59,9 +73,62 @@ void ap_authn_free(struct ap_authn *a)
 
 void ap_authn_flush(struct ap_authn *a)
 {
+    a->key_at_ms = 0;
+    memset(a->users, 0, sizeof a->users);
     for (size_t i = 0; i < a->cache_size; i++) {
         a->cache[i].used = false;
     }
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u + 1u;
+}
+
+static bool fresh(const struct ap_authn *a, uint64_t at_ms, uint64_t now)
+{
+    return at_ms != 0 && now - at_ms < a->src.lookup_ttl_ms;
+}
+
+static int lookup_key(struct ap_authn *a, uint8_t pk[AP_TOKEN_PK_SIZE])
+{
+    uint64_t now = mono_ms();
+    if (!fresh(a, a->key_at_ms, now)) {
+        /* Only a known key is remembered: the first one is picked up at once. */
+        a->key_at_ms = a->src.key(a->src.data, a->key) == 0 ? now : 0;
+        if (a->key_at_ms == 0) {
+            return AP_ENOTFOUND;
+        }
+    }
+    memcpy(pk, a->key, sizeof a->key);
+    return 0;
+}
+
+static int lookup_user(struct ap_authn *a, const char *user, uint64_t *gen, bool *deleted)
+{
+    uint64_t now = mono_ms();
+    struct user_slot *slot = NULL;
+    for (unsigned i = 0; i < USER_SLOTS; i++) {
+        if (a->users[i].at_ms != 0 && strcmp(a->users[i].name, user) == 0) {
+            slot = &a->users[i];
+            break;
+        }
+    }
+    if (slot == NULL || !fresh(a, slot->at_ms, now)) {
+        if (slot == NULL) {
+            slot = &a->users[a->next_slot++ % USER_SLOTS];
+            ap_strlcpy(slot->name, user, sizeof slot->name);
+        }
+        slot->gen = 0;
+        slot->deleted = false;
+        slot->rv = a->src.user(a->src.data, user, &slot->gen, &slot->deleted);
+        slot->at_ms = a->src.lookup_ttl_ms > 0 ? now : 0;
+    }
+    *gen = slot->gen;
+    *deleted = slot->deleted;
+    return slot->rv;
 }
 
 static void reply_401(struct ap_http_req *req, const char *msg)
@@ -89,7 +156,7 @@ const struct ap_claims *ap_authn_request(struct ap_authn *a, struct ap_http_req 
         return NULL;
     }
     uint8_t pk[AP_TOKEN_PK_SIZE];
-    if (a->src.key(a->src.data, pk) != 0) {
+    if (lookup_key(a, pk) != 0) {
         reply_401(req, "this node has not received the signing key from its parent tier yet; "
                        "retry shortly");
         return NULL;
@@ -131,7 +198,7 @@ const struct ap_claims *ap_authn_request(struct ap_authn *a, struct ap_http_req 
     }
     uint64_t min_gen = 0;
     bool deleted = false;
-    if (a->src.user != NULL && a->src.user(a->src.data, c->user, &min_gen, &deleted) == 0 &&
+    if (a->src.user != NULL && lookup_user(a, c->user, &min_gen, &deleted) == 0 &&
         ap_token_check_revoked(c, min_gen, deleted, errmsg) != 0) {
         reply_401(req, errmsg);
         return NULL;

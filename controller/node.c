@@ -192,7 +192,8 @@ int ctl_node_start(struct ctl_node **out, uv_loop_t *loop, const struct ctl_conf
         .query_keys = query_keys,
         .m_forwarded = n->m_forwarded,
     };
-    struct ap_authn_source src = {.key = authn_key, .user = authn_user, .data = n};
+    struct ap_authn_source src = {
+        .key = authn_key, .user = authn_user, .data = n, .lookup_ttl_ms = 1000};
     if ((rv = ap_rsm_http_new(&n->rh, &hc)) != 0 ||
         (rv = ap_authn_new(&n->authn, &src, 64)) != 0) {
         ap_errmsg_set(errmsg, "http: %s", ap_strerror(rv));

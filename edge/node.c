@@ -144,7 +144,8 @@ int edge_node_start(struct edge_node **out, uv_loop_t *loop, const struct edge_c
         ap_free(n);
         return rv;
     }
-    struct ap_authn_source authn_src = {.key = authn_key, .user = authn_user, .data = n};
+    struct ap_authn_source authn_src = {
+        .key = authn_key, .user = authn_user, .data = n, .lookup_ttl_ms = 1000};
     if ((rv = ap_hlc_new(&n->hlc, site_node_id(cfg->site), AP_HLC_DEFAULT_MAX_OFFSET_MS,
                          ap_hlc_wall_realtime, NULL)) != 0 ||
         (rv = ap_uuid_gen_init(&n->uuids)) != 0 || (rv = ap_metrics_new(&n->metrics)) != 0 ||

@@ -103,7 +103,8 @@ int regional_node_start(struct regional_node **out, uv_loop_t *loop,
         .query_keys = query_keys,
         .m_forwarded = n->m_forwarded,
     };
-    struct ap_authn_source src = {.key = authn_key, .user = authn_user, .data = n};
+    struct ap_authn_source src = {
+        .key = authn_key, .user = authn_user, .data = n, .lookup_ttl_ms = 1000};
     rv = ap_rsm_http_new(&n->rh, &hc);
     if (rv == 0 && cfg->n_controllers > 0) {
         rv = ap_authn_new(&n->authn, &src, 64);

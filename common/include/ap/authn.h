@@ -22,6 +22,12 @@ struct ap_authn_source {
      */
     int (*user)(void *data, const char *user, uint64_t *min_gen, bool *deleted);
     void *data;
+    /**
+     * How long the answers of key() and user() are reused, ms (0: asked at every
+     * request). Each is a SQLite read; reusing them for a second adds at most that
+     * to a revocation's delay (docs/security.md).
+     */
+    unsigned lookup_ttl_ms;
 };
 
 struct ap_authn;
