@@ -129,6 +129,45 @@ static void io_recv(struct raft_io *io, struct raft_message *m)
     r->raft_recv(io, m);
 }
 
+/* raft_uv (0.15) has no async_work: run it on libuv's threadpool (snapshots, fsm version 3). */
+struct async_job {
+    uv_work_t work;
+    struct raft_io_async_work *req;
+    raft_io_async_work_cb cb;
+    int status;
+};
+
+static void async_job_run(uv_work_t *w)
+{
+    struct async_job *j = w->data;
+    j->status = j->req->work(j->req);
+}
+
+static void async_job_done(uv_work_t *w, int status)
+{
+    struct async_job *j = w->data;
+    j->cb(j->req, status != 0 ? RAFT_CANCELED : j->status);
+    ap_free(j);
+}
+
+static int io_async_work(struct raft_io *io, struct raft_io_async_work *req,
+                         raft_io_async_work_cb cb)
+{
+    struct ap_rsm *r = AP_CONTAINER_OF(io, struct ap_rsm, io);
+    struct async_job *j = ap_calloc(1, sizeof *j);
+    if (j == NULL) {
+        return RAFT_NOMEM;
+    }
+    j->req = req;
+    j->cb = cb;
+    j->work.data = j;
+    if (uv_queue_work(r->loop, &j->work, async_job_run, async_job_done) != 0) {
+        ap_free(j);
+        return RAFT_IOERR;
+    }
+    return 0;
+}
+
 static int io_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
                     raft_io_recv_cb recv)
 {
@@ -793,6 +832,9 @@ int ap_rsm_new(struct ap_rsm **out, uv_loop_t *loop, const struct ap_rsm_config 
         goto err_after_store;
     }
     rv = ap_rsm_fsm_new(&r->fsm, r->store, cfg->apply, cfg->apply_data, errmsg);
+    if (rv == 0) {
+        ap_rsm_fsm_enable_async_snapshots(r->fsm);
+    }
     if (rv != 0) {
         goto err_after_store;
     }
@@ -828,6 +870,10 @@ int ap_rsm_start(struct ap_rsm *r, char *errmsg)
     raft_uv_set_connect_retry_delay(&r->io, 200);
     r->uv_start = r->io.start;
     r->io.start = io_start;
+    if (r->io.version < 2) {
+        r->io.version = 2;
+        r->io.async_work = io_async_work;
+    }
     r->leader_contact_ms = uv_now(r->loop);
     rv = raft_init(&r->raft, &r->io, ap_rsm_fsm_raft(r->fsm), r->id, r->raft_addr);
     if (rv != 0) {

@@ -30,6 +30,11 @@ struct ap_rsm_fsm {
     uint64_t snapshots_taken;
     uint64_t snapshots_restored;
     struct ap_rsm_batch *last; /* Results of the last applied entry. */
+    /* Asynchronous snapshots (docs/replication.md "Snapshots"): a second, read-only
+     * connection whose open read transaction pins the image while a worker copies it. */
+    sqlite3 *reader;
+    bool reader_in_txn;
+    uint64_t snap_index; /* Applied index the pinned image holds. */
     char errmsg[AP_ERRMSG_SIZE];
 };
 
@@ -303,6 +308,113 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
     return 0;
 }
 
+/* One raft buffer "APSNAP01" + index + image (the image is copied; the caller frees it). */
+static struct raft_buffer *snapshot_buffer(uint64_t index, const uint8_t *img, size_t len)
+{
+    struct raft_buffer *b = raft_malloc(sizeof *b);
+    size_t total = (SNAP_HEADER + len + 7) / 8 * 8;
+    uint8_t *data = raft_calloc(1, total);
+    if (b == NULL || data == NULL) {
+        raft_free(b);
+        raft_free(data);
+        return NULL;
+    }
+    memcpy(data, SNAP_MAGIC, 8);
+    for (int i = 0; i < 8; i++) {
+        data[8 + i] = (uint8_t)(index >> (56 - 8 * i));
+    }
+    memcpy(data + SNAP_HEADER, img, len);
+    b->base = data;
+    b->len = SNAP_HEADER + len;
+    return b;
+}
+
+/* ---- asynchronous snapshots (fsm version 3) ---- */
+
+/* Loop: commit what was applied, then pin a read view of exactly that on the reader. */
+static int fsm_snapshot_pin(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    struct ap_rsm_fsm *f = rf->data;
+    *bufs = NULL;
+    *n_bufs = 0;
+    if (ap_rsm_fsm_flush(f) != 0) {
+        return RAFT_IOERR;
+    }
+    if (f->reader == NULL) {
+        int rc = sqlite3_open_v2(ap_store_path(f->st), &f->reader,
+                                 SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+        if (rc != SQLITE_OK) {
+            AP_LOG(AP_LOG_ERROR, "rsm_snapshot_failed err=\"open reader: %s\"",
+                   f->reader != NULL ? sqlite3_errmsg(f->reader) : sqlite3_errstr(rc));
+            sqlite3_close(f->reader);
+            f->reader = NULL;
+            return RAFT_IOERR;
+        }
+    }
+    /* A read transaction starts at its first read: this one pins the WAL snapshot. */
+    int rc = sqlite3_exec(f->reader, "BEGIN; SELECT count(*) FROM sqlite_master;", NULL, NULL,
+                          NULL);
+    if (rc != SQLITE_OK) {
+        AP_LOG(AP_LOG_ERROR, "rsm_snapshot_failed err=\"pin: %s\"", sqlite3_errmsg(f->reader));
+        sqlite3_exec(f->reader, "ROLLBACK", NULL, NULL, NULL);
+        return RAFT_IOERR;
+    }
+    f->reader_in_txn = true;
+    f->snap_index = f->applied;
+    return 0;
+}
+
+/* Threadpool: copy the pinned view into the snapshot buffer. Touches only the reader. */
+static int fsm_snapshot_copy(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    struct ap_rsm_fsm *f = rf->data;
+    sqlite3_int64 size = 0;
+    unsigned char *img = sqlite3_serialize(f->reader, "main", &size, 0);
+    if (img == NULL) {
+        return RAFT_IOERR;
+    }
+    struct raft_buffer *b = snapshot_buffer(f->snap_index, img, (size_t)size);
+    sqlite3_free(img);
+    if (b == NULL) {
+        return RAFT_NOMEM;
+    }
+    *bufs = b;
+    *n_bufs = 1;
+    return 0;
+}
+
+/* Loop: release the read view and the buffer (raft owns nothing in version 3). */
+static int fsm_snapshot_finalize(struct raft_fsm *rf, struct raft_buffer *bufs[],
+                                 unsigned *n_bufs)
+{
+    struct ap_rsm_fsm *f = rf->data;
+    if (f->reader_in_txn) {
+        sqlite3_exec(f->reader, "COMMIT", NULL, NULL, NULL);
+        f->reader_in_txn = false;
+    }
+    if (*bufs != NULL) {
+        size_t len = (*bufs)[0].len;
+        for (unsigned i = 0; i < *n_bufs; i++) {
+            raft_free((*bufs)[i].base);
+        }
+        raft_free(*bufs);
+        *bufs = NULL;
+        *n_bufs = 0;
+        f->snapshots_taken++;
+        AP_LOG(AP_LOG_INFO, "rsm_snapshot_taken applied=%llu bytes=%zu async=true",
+               (unsigned long long)f->snap_index, len - SNAP_HEADER);
+    }
+    return 0;
+}
+
+void ap_rsm_fsm_enable_async_snapshots(struct ap_rsm_fsm *f)
+{
+    f->raft_fsm.version = 3;
+    f->raft_fsm.snapshot = fsm_snapshot_pin;
+    f->raft_fsm.snapshot_async = fsm_snapshot_copy;
+    f->raft_fsm.snapshot_finalize = fsm_snapshot_finalize;
+}
+
 static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
 {
     struct ap_rsm_fsm *f = rf->data;
@@ -318,23 +430,11 @@ static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigne
         return rv == AP_ENOMEM ? RAFT_NOMEM : RAFT_IOERR;
     }
     /* raft frees both the array and the buffer with raft_free (fsm version 1). */
-    struct raft_buffer *b = raft_malloc(sizeof *b);
-    size_t total = (SNAP_HEADER + len + 7) / 8 * 8;
-    uint8_t *data = raft_calloc(1, total);
-    if (b == NULL || data == NULL) {
-        raft_free(b);
-        raft_free(data);
-        ap_free(img);
+    struct raft_buffer *b = snapshot_buffer(f->applied, img, len);
+    ap_free(img);
+    if (b == NULL) {
         return RAFT_NOMEM;
     }
-    memcpy(data, SNAP_MAGIC, 8);
-    for (int i = 0; i < 8; i++) {
-        data[8 + i] = (uint8_t)(f->applied >> (56 - 8 * i));
-    }
-    memcpy(data + SNAP_HEADER, img, len);
-    ap_free(img);
-    b->base = data;
-    b->len = SNAP_HEADER + len;
     *bufs = b;
     *n_bufs = 1;
     f->snapshots_taken++;
@@ -415,6 +515,9 @@ void ap_rsm_fsm_free(struct ap_rsm_fsm *f)
     }
     ap_rsm_fsm_flush(f);
     batch_free(f->last);
+    if (f->reader != NULL) {
+        sqlite3_close(f->reader);
+    }
     ap_free(f);
 }
 

@@ -62,6 +62,13 @@ int ap_rsm_fsm_new(struct ap_rsm_fsm **out, struct ap_store *st, ap_rsm_apply_fn
 /** Free the fsm (commits an open group transaction first). NULL is fine. */
 void ap_rsm_fsm_free(struct ap_rsm_fsm *f);
 
+/**
+ * Take snapshots off the loop (raft fsm version 3; docs/replication.md "Snapshots"):
+ * the loop only pins a read view on a second connection to the store's file, a
+ * worker thread copies it. Needs a file-backed store and a raft_io with async_work.
+ */
+void ap_rsm_fsm_enable_async_snapshots(struct ap_rsm_fsm *f);
+
 /** The raft_fsm to pass to raft_init(); owned by f. */
 struct raft_fsm *ap_rsm_fsm_raft(struct ap_rsm_fsm *f);
 
