@@ -16,7 +16,7 @@ set -euo pipefail
 build=build
 sites=1000
 instances=10000
-clients=64
+clients=128
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) build=$2; shift 2 ;;
