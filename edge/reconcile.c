@@ -143,6 +143,25 @@ static void on_adopt(void *data, const struct driver_process_status *st)
     record_status(r, st);
 }
 
+/* A start handed to the driver is over (driver_process_start_cb). */
+static void on_started(void *data, const char *id, int rc, const struct driver_process_status *st)
+{
+    struct reconcile *r = data;
+    if (rc == 0) {
+        record_status(r, st);
+        return;
+    }
+    if (rc == AP_ECANCELED || rc == AP_EEXIST) {
+        return; /* closing (a later daemon adopts it), or another shim has it */
+    }
+    /* The driver logged why (instance_start_failed). */
+    struct ap_instrec rec;
+    if (shard__get(r->n->shard, id, &rec) == 0) {
+        record_actual(r, id, AP_ACTUAL_FAILED, 0, 0, rec.restarts);
+        ap_instrec_clear(&rec);
+    }
+}
+
 static enum driver_process_restart restart_of(const char *s)
 {
     if (s != NULL && strcmp(s, "never") == 0) {
@@ -194,7 +213,7 @@ static int start_instance(struct reconcile *r, const struct ap_instrec *rec)
         .memory_mb = rec->memory_mb,
         .restart = restart_of(json_string_value(json_object_get(spec, "restart"))),
     };
-    int rv = argc == 0 ? AP_EINVAL : driver_process__start(r->driver, rec->id, &ds);
+    int rv = argc == 0 ? AP_EINVAL : driver_process__start(r->driver, rec->id, &ds, on_started, r);
     for (size_t i = 0; i < n_env; i++) {
         ap_free(env_buf[i]);
     }
@@ -218,13 +237,12 @@ static void reconcile_one(struct reconcile *r, const struct ap_instrec *rec)
         bool ended_by_policy =
             exists && (st.state == DRIVER_PROCESS_EXITED || st.state == DRIVER_PROCESS_FAILED);
         if (!alive && (new_intent || !ended_by_policy)) {
+            /* On success the driver calls on_started once the workload has exec'd. */
             rv = start_instance(r, rec);
             if (rv != 0 && rv != AP_EEXIST) {
                 AP_LOG(AP_LOG_WARN, "instance_start_failed id=%s err=\"%s\"", rec->id,
                        driver_process__errmsg(r->driver));
                 record_actual(r, rec->id, AP_ACTUAL_FAILED, 0, 0, rec->restarts);
-            } else if (rv == 0 && driver_process__status(r->driver, rec->id, &st) == 0) {
-                record_status(r, &st);
             }
         }
     } else if (alive) {

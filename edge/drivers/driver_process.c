@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -27,12 +28,14 @@
 #define DP_STATUS_MAX       (16 * 1024)
 #define DP_CMDLINE_MAX      8192
 #define DP_PROBE_TIMEOUT_MS 5000
-#define DP_READY_LINE_MAX   512
+#define DP_REPLY_MAX        8192
 #define DP_PROBE_OUT_MAX    2048
 #define DP_NAME_MAX         255
 #define DP_PATH_STR_MAX     1024
 #define DP_HOSTNAME_MAX     63
 #define DP_DEFAULT_PATH_ENV "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+/* The idle shims' spare directories: DATA/instances/.idle-<pid> (edge/shim/main.c). */
+#define DP_SPARE_PREFIX ".idle-"
 
 /** An instance the driver follows: started by it, or adopted alive. */
 struct dp_inst {
@@ -47,11 +50,33 @@ struct dp_inst {
     struct driver_process_status last;
 };
 
+/** A shim spawned ahead of time, prepared and waiting for a spec on ctl. */
+struct dp_idle {
+    int pid;
+    int pidfd; /* -1 where pidfds are unsupported */
+    int ctl;   /* our end of its control socket */
+};
+
+/** A start in flight: the spec is with shim sh, whose answer we wait for on sh.ctl. */
+struct dp_start {
+    struct dp_start *next;
+    struct driver_process *d;
+    char id[DRIVER_PROCESS_ID_MAX + 1];
+    struct dp_idle sh;
+    uv_poll_t poll;
+    uv_timer_t timer;
+    int open_handles; /* freed when both handles have closed */
+    size_t used;
+    char reply[DP_REPLY_MAX];
+    driver_process_start_cb cb;
+    void *data;
+};
+
 struct driver_process {
     uv_loop_t *loop;
     uv_timer_t timer;
-    char *data_dir; /* absolute and canonical: it is compared with shims' cmdlines */
-    char *inst_dir; /* data_dir/instances */
+    char *data_dir; /* absolute and canonical */
+    char *inst_dir; /* data_dir/instances, as shims are told (--pool) */
     char *shim_path;
     bool no_namespaces;
     uint64_t poll_ms;
@@ -62,6 +87,14 @@ struct driver_process {
     void *data;
     struct driver_process_caps caps;
     struct dp_inst *insts;
+    struct dp_start *starts; /* in flight */
+    int open_handles;        /* the timer's and the starts' uv handles not yet closed */
+    struct dp_idle idle[DRIVER_PROCESS_IDLE_SHIMS_MAX];
+    size_t n_idle;
+    size_t idle_target;
+    int *children; /* shims we spawned and have not reaped yet */
+    size_t n_children;
+    size_t cap_children;
     bool in_tick;
     bool closing;
     void (*close_cb)(void *data);
@@ -102,13 +135,21 @@ static int pidfd_signal_(int fd, int sig)
 #endif
 }
 
+/* Whether the process a pidfd refers to has exited (a pidfd polls readable then). */
+static bool pidfd_exited(int fd)
+{
+    struct pollfd p = {fd, POLLIN, 0};
+    return poll(&p, 1, 0) > 0;
+}
+
 static bool valid_id(const char *id)
 {
     if (id == NULL) {
         return false;
     }
     size_t n = strlen(id);
-    if (n == 0 || n > DRIVER_PROCESS_ID_MAX || strcmp(id, ".") == 0 || strcmp(id, "..") == 0) {
+    /* A leading '.' is reserved (the idle shims' spare directories). */
+    if (n == 0 || n > DRIVER_PROCESS_ID_MAX || id[0] == '.') {
         return false;
     }
     for (size_t i = 0; i < n; i++) {
@@ -226,60 +267,80 @@ static int read_file(const char *path, size_t max, char **out, size_t *len, stru
     return 0;
 }
 
-/*
- * Replace a file atomically: temporary file, rename (and fsync first when
- * durable), so a reader sees the old or the new content, never a mix.
- */
-static int write_atomic(const char *path, const char *data, size_t len, bool durable, char *errmsg)
+/* Drop a pid from the children to reap. */
+static void child_forget(struct driver_process *d, size_t k)
 {
-    char tmp[PATH_MAX];
-    int n = snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    if (n < 0 || (size_t)n >= sizeof tmp) {
-        ap_errmsg_set(errmsg, "path too long");
-        return AP_EINVAL;
+    d->children[k] = d->children[--d->n_children];
+}
+
+/* Remember a shim we spawned: it is our child until reaped. */
+static void child_add(struct driver_process *d, int pid)
+{
+    if (d->n_children == d->cap_children) {
+        size_t cap = d->cap_children == 0 ? 16 : d->cap_children * 2;
+        int *grown = ap_realloc(d->children, cap * sizeof *grown);
+        if (grown == NULL) {
+            return; /* not reaped: a zombie, which reads as dead anyway */
+        }
+        d->children = grown;
+        d->cap_children = cap;
     }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    d->children[d->n_children++] = pid;
+}
+
+/* Reap every shim of ours that has exited (never waitpid(-1): other children are not ours). */
+static void children_reap(struct driver_process *d)
+{
+    for (size_t k = 0; k < d->n_children;) {
+        pid_t r = waitpid(d->children[k], NULL, WNOHANG);
+        if (r > 0 || (r < 0 && errno == ECHILD)) {
+            child_forget(d, k);
+        } else {
+            k++;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Finding the live shim of an instance.                                     */
+
+/*
+ * Who holds DIR/shim.lock: its pid, 0 when nobody does (or there is no lock
+ * file), -1 when a process we cannot see does (another pid namespace). The
+ * shim takes a POSIX record lock for its whole life, and the kernel answers
+ * F_GETLK with the holder's pid: no file the shim writes is needed to know it
+ * lives, and the lock goes away with the process (also on SIGKILL).
+ */
+static int lock_holder(const char *dir)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/shim.lock", dir) >= (int)sizeof path) {
+        return 0;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        ap_errmsg_set(errmsg, "open %s: %s", tmp, strerror(errno));
-        return err_from_errno(errno);
+        return 0;
     }
-    size_t off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, data + off, len - off);
-        if (w < 0 && errno == EINTR) {
-            continue;
-        }
-        if (w < 0) {
-            int e = errno;
-            ap_errmsg_set(errmsg, "write %s: %s", tmp, strerror(e));
-            close(fd);
-            unlink(tmp);
-            return err_from_errno(e);
-        }
-        off += (size_t)w;
-    }
-    if (durable && fsync(fd) != 0) {
-        int e = errno;
-        ap_errmsg_set(errmsg, "fsync %s: %s", tmp, strerror(e));
-        close(fd);
-        unlink(tmp);
-        return err_from_errno(e);
-    }
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    int rc = fcntl(fd, F_GETLK, &fl);
     close(fd);
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        ap_errmsg_set(errmsg, "rename %s: %s", tmp, strerror(e));
-        unlink(tmp);
-        return err_from_errno(e);
+    if (rc != 0 || fl.l_type == F_UNLCK) {
+        return 0;
     }
-    return 0;
+    return fl.l_pid > 0 ? (int)fl.l_pid : -1;
 }
 
 /*
- * Whether pid runs `archipel-shim ... --dir <dir> ...`. A zombie's cmdline
- * is empty, so a dead shim not yet reaped by init reads as not ours.
+ * Whether pid's command line is `archipel-shim ...` for this driver: an
+ * argument is our instances directory (--pool) or dir (--dir). A sanity
+ * check before we signal what holds an instance's lock. An exiting process
+ * has released its memory, and with it its command line, a moment before its
+ * descriptors and locks: *exiting says that the command line was empty.
  */
-static bool cmdline_is_shim(int pid, const char *dir)
+static bool cmdline_is_shim(int pid, const char *inst_dir, const char *dir, bool *exiting)
 {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/cmdline", pid);
@@ -301,55 +362,83 @@ static bool cmdline_is_shim(int pid, const char *dir)
         len += (size_t)n;
     }
     close(fd);
+    if (exiting != NULL) {
+        *exiting = len == 0;
+    }
     bool name_ok = false;
     bool dir_ok = false;
-    const char *prev = NULL;
     for (size_t off = 0; off < len;) {
         const char *arg = buf + off;
         size_t al = strnlen(arg, len - off);
-        if (off == 0) {
-            const char *base = strrchr(arg, '/');
-            name_ok = strstr(base != NULL ? base + 1 : arg, "archipel-shim") != NULL;
-        } else if (prev != NULL && strcmp(prev, "--dir") == 0 && strcmp(arg, dir) == 0) {
-            dir_ok = true;
-        }
         if (off + al >= len) {
             break; /* cut at the buffer's end: not a complete argument */
         }
-        prev = arg;
+        if (off == 0) {
+            const char *base = strrchr(arg, '/');
+            name_ok = strstr(base != NULL ? base + 1 : arg, "archipel-shim") != NULL;
+        } else if (strcmp(arg, inst_dir) == 0 || strcmp(arg, dir) == 0) {
+            dir_ok = true;
+        }
         off += al + 1;
     }
     return name_ok && dir_ok;
 }
 
 /*
- * Whether shim pid is alive and ours for dir. When pidfd is not NULL and it
- * is, *pidfd gets a pidfd for it (-1 where pidfds are unsupported), which
- * the caller closes.
+ * Find the live shim of instance directory dir: true when one holds its
+ * lock, with *pid (0 when it cannot be seen from here) and, when pidfd is
+ * not NULL, a pidfd pinned to it (-1 when pidfds are unsupported or the
+ * holder is not a shim of ours), which the caller closes.
  */
-static bool shim_alive(int pid, const char *dir, int *pidfd)
+static bool shim_find(const struct driver_process *d, const char *dir, int *pid, int *pidfd)
 {
-    if (pid <= 0) {
-        return false;
+    if (pidfd != NULL) {
+        *pidfd = -1;
     }
-    int fd = pidfd_open_(pid);
-    if (fd < 0 && errno == ESRCH) {
-        return false;
-    }
-    /* Checked after the pidfd is open, so the pidfd refers to the process we checked. */
-    bool ok = cmdline_is_shim(pid, dir);
-    if (ok && fd >= 0) {
-        struct pollfd p = {fd, POLLIN, 0};
-        if (poll(&p, 1, 0) > 0) {
-            ok = false; /* exited in between */
+    *pid = 0;
+    /* A holder can die and a new shim take the lock between two looks: look again, bounded. */
+    for (int attempt = 0; attempt < 3; attempt++) {
+        int h = lock_holder(dir);
+        if (h == 0) {
+            return false;
         }
+        if (h < 0) {
+            return true;
+        }
+        int fd = pidfd_open_(h);
+        if (fd < 0 && errno == ESRCH) {
+            continue;
+        }
+        /* The pidfd pins process h: if h still holds the lock now, the pidfd is the holder. */
+        if (lock_holder(dir) != h || (fd >= 0 && pidfd_exited(fd))) {
+            if (fd >= 0) {
+                close(fd);
+            }
+            continue;
+        }
+        *pid = h;
+        bool exiting = false;
+        if (!cmdline_is_shim(h, d->inst_dir, dir, &exiting)) {
+            /*
+             * Something else locks our file, or a shim in its last moments: the instance
+             * counts as taken either way, but we signal nothing.
+             */
+            if (!exiting) {
+                AP_LOG(AP_LOG_WARN, "instance_lock_foreign dir=%s pid=%d", dir, h);
+            }
+            if (fd >= 0) {
+                close(fd);
+            }
+            return true;
+        }
+        if (pidfd != NULL) {
+            *pidfd = fd;
+        } else if (fd >= 0) {
+            close(fd);
+        }
+        return true;
     }
-    if (ok && pidfd != NULL) {
-        *pidfd = fd;
-    } else if (fd >= 0) {
-        close(fd);
-    }
-    return ok;
+    return lock_holder(dir) != 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -411,11 +500,12 @@ static int json_text_or_null(json_t *obj, const char *key, char *out, size_t siz
 
 /*
  * Decode status.json into st (docs/workloads.md, "status.json"). Unknown
- * fields are ignored, so a newer shim's file still reads. Errors:
- * AP_ECORRUPT with errmsg.
+ * fields are ignored, so a newer shim's file still reads. *writer gets the
+ * pid of the shim that wrote it (writer_pid, or shim_pid in files without
+ * it; 0 when neither). Errors: AP_ECORRUPT with errmsg.
  */
 static int status_decode(const char *text, size_t len, struct driver_process_status *st,
-                         char *errmsg)
+                         int *writer, char *errmsg)
 {
     json_error_t jerr;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -448,6 +538,10 @@ static int status_decode(const char *text, size_t len, struct driver_process_sta
         goto out;
     }
     st->shim_pid = (int)v;
+    if (json_int_or_null(root, "writer_pid", 1, INT_MAX, &v, st->shim_pid, errmsg) != 0) {
+        goto out;
+    }
+    *writer = (int)v;
     if (json_int_or_null(root, "child_pid", 1, INT_MAX, &v, 0, errmsg) != 0) {
         goto out;
     }
@@ -494,7 +588,24 @@ out:
     return rc;
 }
 
-/* Fill st for instance id; *file_st gets status.json's stat when it exists. */
+static struct dp_inst *inst_find(struct driver_process *d, const char *id);
+
+static struct dp_start *start_find(struct driver_process *d, const char *id)
+{
+    for (struct dp_start *st = d->starts; st != NULL; st = st->next) {
+        if (strcmp(st->id, id) == 0) {
+            return st;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * Fill st for instance id; *file_st gets status.json's stat when it exists.
+ * A live shim (the holder of shim.lock) whose status.json is missing or
+ * was written by an earlier shim has not written its own yet: st is then
+ * what it answered the start with when we started it, else "starting".
+ */
 static int status_read(struct driver_process *d, const char *id, struct driver_process_status *st,
                        struct stat *file_st, bool *have_file)
 {
@@ -514,50 +625,98 @@ static int status_read(struct driver_process *d, const char *id, struct driver_p
     }
     char dir[PATH_MAX];
     ap_strlcpy(dir, path, sizeof dir);
+    int holder = 0;
+    bool alive = shim_find(d, dir, &holder, NULL);
     inst_path(d, id, "status.json", path, sizeof path);
     char *text = NULL;
     size_t len = 0;
     int rc = read_file(path, DP_STATUS_MAX, &text, &len, file_st);
-    if (rc == AP_ENOTFOUND) {
-        /* No shim ever recorded anything (or the daemon died before it could). */
-        st->state = DRIVER_PROCESS_LOST;
-        ap_strlcpy(st->error, "no status.json: the shim never started", sizeof st->error);
-        return 0;
-    }
-    if (rc != 0) {
+    if (rc != 0 && rc != AP_ENOTFOUND) {
         ap_errmsg_set(d->errmsg, "instance %s: read status.json: %s", id, ap_strerror(rc));
         return rc == AP_ETOOBIG ? AP_ECORRUPT : rc;
     }
-    *have_file = true;
-    if (len == 0) {
-        /* Shims never write an empty file: a power loss tore the last write. Nothing runs. */
-        ap_free(text);
-        st->state = DRIVER_PROCESS_LOST;
-        ap_strlcpy(st->error, "status.json is empty (torn by a crash)", sizeof st->error);
+    *have_file = rc == 0;
+    int writer = 0;
+    bool decoded = false;
+    if (rc == 0 && len > 0) {
+        char msg[AP_ERRMSG_SIZE] = "";
+        rc = status_decode(text, len, st, &writer, msg);
+        if (rc != 0) {
+            ap_free(text);
+            ap_errmsg_set(d->errmsg, "instance %s: status.json: %s", id, msg);
+            return rc;
+        }
+        decoded = true;
+    }
+    ap_free(text);
+    if (alive) {
+        if (!decoded || (holder > 0 && writer != holder)) {
+            /* Not written by the live shim yet. */
+            struct dp_inst *i = inst_find(d, id);
+            if (i != NULL && i->last.alive && holder > 0 && i->last.shim_pid == holder) {
+                *st = i->last;
+            } else {
+                memset(st, 0, sizeof *st);
+                ap_strlcpy(st->id, id, sizeof st->id);
+                st->exit_code = -1;
+                st->state = DRIVER_PROCESS_STARTING;
+            }
+        }
+        if (holder > 0) {
+            st->shim_pid = holder;
+        }
+        st->alive = true;
         return 0;
     }
-    char msg[AP_ERRMSG_SIZE] = "";
-    rc = status_decode(text, len, st, msg);
-    ap_free(text);
-    if (rc != 0) {
-        ap_errmsg_set(d->errmsg, "instance %s: status.json: %s", id, msg);
-        return rc;
+    if (!decoded) {
+        /* No shim ever recorded anything, or a power loss tore its last write (empty file). */
+        st->state = DRIVER_PROCESS_LOST;
+        ap_strlcpy(st->error,
+                   *have_file ? "status.json is empty (torn by a crash)"
+                              : "no status.json: the shim never started or is gone",
+                   sizeof st->error);
+        return 0;
     }
-    st->alive = shim_alive(st->shim_pid, dir, NULL);
-    if (!st->alive) {
-        bool unfinished = st->state == DRIVER_PROCESS_STARTING ||
-                          st->state == DRIVER_PROCESS_RUNNING ||
-                          (st->state == DRIVER_PROCESS_EXITED && st->shim_pid != 0);
-        if (unfinished) {
-            /* docs/workloads.md: the shim died without a last word; its workload died with it. */
-            if (st->error[0] == '\0') {
-                snprintf(st->error, sizeof st->error, "shim %d is gone", st->shim_pid);
-            }
-            st->state = DRIVER_PROCESS_LOST;
+    bool unfinished = st->state == DRIVER_PROCESS_STARTING || st->state == DRIVER_PROCESS_RUNNING ||
+                      (st->state == DRIVER_PROCESS_EXITED && st->shim_pid != 0);
+    if (unfinished) {
+        /* docs/workloads.md: the shim died without a last word; its workload died with it. */
+        if (st->error[0] == '\0') {
+            snprintf(st->error, sizeof st->error, "shim %d is gone", st->shim_pid);
         }
-        st->shim_pid = st->child_pid = st->workload_pid = 0;
+        st->state = DRIVER_PROCESS_LOST;
     }
+    st->shim_pid = st->child_pid = st->workload_pid = 0;
     return 0;
+}
+
+static void inst_note_file(struct dp_inst *i, bool have_file, const struct stat *fst)
+{
+    i->have_file = have_file;
+    if (have_file) {
+        i->ino = fst->st_ino;
+        i->size = fst->st_size;
+        i->mtime = fst->st_mtim;
+    }
+}
+
+static bool status_changed(const struct driver_process_status *a,
+                           const struct driver_process_status *b)
+{
+    return a->state != b->state || a->alive != b->alive || a->restarts != b->restarts ||
+           a->shim_pid != b->shim_pid || a->child_pid != b->child_pid ||
+           a->workload_pid != b->workload_pid || a->exit_code != b->exit_code ||
+           a->signal != b->signal || strcmp(a->error, b->error) != 0;
+}
+
+/* Whether status.json still is the file i->last was read from. */
+static bool status_file_same(struct driver_process *d, const struct dp_inst *i)
+{
+    char path[PATH_MAX];
+    struct stat fst;
+    return i->have_file && inst_path(d, i->id, "status.json", path, sizeof path) == 0 &&
+           stat(path, &fst) == 0 && fst.st_ino == i->ino && fst.st_size == i->size &&
+           fst.st_mtim.tv_sec == i->mtime.tv_sec && fst.st_mtim.tv_nsec == i->mtime.tv_nsec;
 }
 
 int driver_process__status(struct driver_process *d, const char *id,
@@ -567,9 +726,37 @@ int driver_process__status(struct driver_process *d, const char *id,
     if (rc != 0) {
         return rc;
     }
+    /*
+     * A followed instance whose shim lives (its pidfd) and whose status.json
+     * has not changed since the last poll is what that poll read: reconcile
+     * asks for every instance on every pass, and this keeps that to two
+     * system calls each.
+     */
+    struct dp_inst *i = inst_find(d, id);
+    bool live = i != NULL && i->pidfd >= 0 && !pidfd_exited(i->pidfd);
+    if (live && status_file_same(d, i)) {
+        *st = i->last;
+        return 0;
+    }
+    /* Handed to a shim that has not answered yet: it is the instance's shim, starting it. */
+    struct dp_start *ds = start_find(d, id);
+    if (ds != NULL) {
+        memset(st, 0, sizeof *st);
+        ap_strlcpy(st->id, id, sizeof st->id);
+        st->state = DRIVER_PROCESS_STARTING;
+        st->alive = true;
+        st->shim_pid = ds->sh.pid;
+        st->exit_code = -1;
+        return 0;
+    }
     struct stat fst;
     bool have_file;
-    return status_read(d, id, st, &fst, &have_file);
+    rc = status_read(d, id, st, &fst, &have_file);
+    if (rc == 0 && live && !status_changed(&i->last, st)) {
+        /* Nothing an event would report: remember the file, so the next call is quick. */
+        inst_note_file(i, have_file, &fst);
+    }
+    return rc;
 }
 
 json_t *driver_process__status_to_json(const struct driver_process_status *st)
@@ -630,8 +817,12 @@ static void insts_sweep(struct driver_process *d)
     }
 }
 
-/* Follow instance st->id from now on, with st as the last state reported. */
-static void inst_track(struct driver_process *d, const struct driver_process_status *st)
+/*
+ * Follow instance st->id from now on, with st as the last state reported.
+ * pidfd (owned from now on; -1 to look the shim up) pins its shim.
+ */
+static struct dp_inst *inst_track(struct driver_process *d, const struct driver_process_status *st,
+                                  int pidfd)
 {
     struct dp_inst *old = inst_find(d, st->id);
     if (old != NULL) {
@@ -641,49 +832,32 @@ static void inst_track(struct driver_process *d, const struct driver_process_sta
     if (i == NULL) {
         /* Not followed: status calls still work; only events are missed. */
         AP_LOG(AP_LOG_WARN, "instance_untracked id=%s reason=out_of_memory", st->id);
-        return;
+        if (pidfd >= 0) {
+            close(pidfd);
+        }
+        return NULL;
     }
     ap_strlcpy(i->id, st->id, sizeof i->id);
-    i->pidfd = -1;
+    i->pidfd = pidfd;
     i->last = *st;
     char dir[PATH_MAX];
-    if (st->alive && inst_path(d, st->id, NULL, dir, sizeof dir) == 0) {
-        int fd = -1;
-        if (shim_alive(st->shim_pid, dir, &fd)) {
-            i->pidfd = fd;
-        }
+    if (i->pidfd < 0 && st->alive && inst_path(d, st->id, NULL, dir, sizeof dir) == 0) {
+        int pid;
+        shim_find(d, dir, &pid, &i->pidfd);
     }
     i->next = d->insts;
     d->insts = i;
     if (!d->in_tick) {
         insts_sweep(d);
     }
-}
-
-static bool status_changed(const struct driver_process_status *a,
-                           const struct driver_process_status *b)
-{
-    return a->state != b->state || a->alive != b->alive || a->restarts != b->restarts ||
-           a->shim_pid != b->shim_pid || a->child_pid != b->child_pid ||
-           a->workload_pid != b->workload_pid || a->exit_code != b->exit_code ||
-           a->signal != b->signal || strcmp(a->error, b->error) != 0;
+    return i;
 }
 
 static void poll_one(struct driver_process *d, struct dp_inst *i)
 {
-    char path[PATH_MAX];
-    bool exited = false;
-    if (i->pidfd >= 0) {
-        struct pollfd p = {i->pidfd, POLLIN, 0};
-        exited = poll(&p, 1, 0) > 0;
-    }
-    if (i->pidfd >= 0 && !exited && i->have_file &&
-        inst_path(d, i->id, "status.json", path, sizeof path) == 0) {
-        struct stat fst;
-        if (stat(path, &fst) == 0 && fst.st_ino == i->ino && fst.st_size == i->size &&
-            fst.st_mtim.tv_sec == i->mtime.tv_sec && fst.st_mtim.tv_nsec == i->mtime.tv_nsec) {
-            return; /* nothing new */
-        }
+    bool exited = i->pidfd >= 0 && pidfd_exited(i->pidfd);
+    if (i->pidfd >= 0 && !exited && status_file_same(d, i)) {
+        return; /* nothing new */
     }
     struct driver_process_status st;
     struct stat fst;
@@ -697,12 +871,7 @@ static void poll_one(struct driver_process *d, struct dp_inst *i)
         AP_LOG(AP_LOG_WARN, "instance_status_unreadable id=%s err=\"%s\"", i->id, d->errmsg);
         return;
     }
-    i->have_file = have_file;
-    if (have_file) {
-        i->ino = fst.st_ino;
-        i->size = fst.st_size;
-        i->mtime = fst.st_mtim;
-    }
+    inst_note_file(i, have_file, &fst);
     bool changed = status_changed(&i->last, &st);
     i->last = st;
     if (!st.alive) {
@@ -717,21 +886,20 @@ static void poll_one(struct driver_process *d, struct dp_inst *i)
     }
 }
 
-static void on_timer(uv_timer_t *t)
-{
-    struct driver_process *d = AP_CONTAINER_OF(t, struct driver_process, timer);
-    d->in_tick = true;
-    for (struct dp_inst *i = d->insts; i != NULL && !d->closing; i = i->next) {
-        if (!i->dead) {
-            poll_one(d, i);
-        }
-    }
-    d->in_tick = false;
-    insts_sweep(d);
-}
-
 /* ------------------------------------------------------------------------ */
-/* Spawning the shim.                                                        */
+/* Idle shims.                                                               */
+
+/* Forget an idle shim: its control socket closes, so it leaves (it is reaped later). */
+static void idle_drop(struct dp_idle *sh)
+{
+    if (sh->ctl >= 0) {
+        close(sh->ctl);
+    }
+    if (sh->pidfd >= 0) {
+        close(sh->pidfd);
+    }
+    sh->ctl = sh->pidfd = -1;
+}
 
 /* Move a descriptor to >= 10 so that it never collides with stdio or fd 3 in the child. */
 static int fd_high(int fd)
@@ -745,14 +913,187 @@ static int fd_high(int fd)
 }
 
 /*
- * Run the shim with argv, its descriptor target_fd (1 or 3) being a pipe to
- * us, and read what it writes until EOF, a newline when until_newline, or
- * timeout_ms. The spawned process is reaped (it exits at once after
- * detaching, or after probing). Returns 0 with out NUL-terminated and
- * *exit_status set, else AP_ETIMEDOUT / AP_EIO with errmsg.
+ * Spawn a shim that prepares itself and waits for a spec:
+ * `archipel-shim --pool DATA/instances --ctl-fd 3 [--no-namespaces] --dir SLOT`,
+ * in a session of its own (the daemon's process group and terminal signals do
+ * not reach it), empty signal mask, default dispositions, stdio on /dev/null,
+ * environment reduced to PATH. SLOT is a placeholder as long as any instance
+ * directory: the shim writes its instance's directory there once it has one,
+ * so ps shows `--dir DATA/instances/<id>`. Returns 0 or AP_EIO with errmsg.
  */
-static int shim_run(struct driver_process *d, char *const argv[], int target_fd, bool until_newline,
-                    uint64_t timeout_ms, char *out, size_t out_size, int *exit_status)
+static int idle_spawn(struct driver_process *d, struct dp_idle *out)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        ap_errmsg_set(d->errmsg, "socketpair: %s", strerror(errno));
+        return AP_EIO;
+    }
+    sv[0] = fd_high(sv[0]);
+    sv[1] = fd_high(sv[1]);
+    if (sv[0] < 0 || sv[1] < 0) {
+        ap_errmsg_set(d->errmsg, "dup: %s", strerror(errno));
+        if (sv[0] >= 0) {
+            close(sv[0]);
+        }
+        if (sv[1] >= 0) {
+            close(sv[1]);
+        }
+        return AP_EIO;
+    }
+    size_t slot_len = strlen(d->inst_dir) + 1 + DRIVER_PROCESS_ID_MAX;
+    char *slot = ap_malloc(slot_len + 1);
+    if (slot == NULL) {
+        close(sv[0]);
+        close(sv[1]);
+        ap_errmsg_set(d->errmsg, "out of memory");
+        return AP_ENOMEM;
+    }
+    memset(slot, '.', slot_len);
+    slot[slot_len] = '\0';
+    char *argv[9];
+    size_t argc = 0;
+    argv[argc++] = d->shim_path;
+    argv[argc++] = (char *)"--pool";
+    argv[argc++] = d->inst_dir;
+    argv[argc++] = (char *)"--ctl-fd";
+    argv[argc++] = (char *)"3";
+    if (!d->caps.namespaces) {
+        argv[argc++] = (char *)"--no-namespaces";
+    }
+    argv[argc++] = (char *)"--dir";
+    argv[argc++] = slot; /* last, so the zeroed tail of the title ends the command line */
+    argv[argc] = NULL;
+
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawnattr_init(&attr);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setflags(&attr,
+                             POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
+    char *envp[] = {(char *)DP_DEFAULT_PATH_ENV, NULL};
+    pid_t pid;
+    int src = posix_spawn(&pid, d->shim_path, &fa, &attr, argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    ap_free(slot);
+    close(sv[1]);
+    if (src != 0) {
+        close(sv[0]);
+        ap_errmsg_set(d->errmsg, "spawn %s: %s", d->shim_path, strerror(src));
+        return AP_EIO;
+    }
+    child_add(d, pid);
+    /* Our unreaped child: its pid cannot be reused, so this pidfd is surely it. */
+    out->pid = pid;
+    out->pidfd = pidfd_open_(pid);
+    out->ctl = sv[0];
+    return 0;
+}
+
+/* Bring the idle shims up to their number; a failure is logged and retried next tick. */
+static void idle_refill(struct driver_process *d)
+{
+    while (!d->closing && d->n_idle < d->idle_target) {
+        struct dp_idle sh;
+        int rc = idle_spawn(d, &sh);
+        if (rc != 0) {
+            AP_LOG(AP_LOG_WARN, "idle_shim_spawn_failed err=\"%s\"", d->errmsg);
+            return;
+        }
+        d->idle[d->n_idle++] = sh;
+    }
+}
+
+/* Drop idle shims that died while waiting (killed, or their namespace init died). */
+static void idle_check(struct driver_process *d)
+{
+    for (size_t k = 0; k < d->n_idle;) {
+        if (d->idle[k].pidfd >= 0 && pidfd_exited(d->idle[k].pidfd)) {
+            AP_LOG(AP_LOG_WARN, "idle_shim_died pid=%d", d->idle[k].pid);
+            idle_drop(&d->idle[k]);
+            d->idle[k] = d->idle[--d->n_idle];
+        } else {
+            k++;
+        }
+    }
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct driver_process *d = AP_CONTAINER_OF(t, struct driver_process, timer);
+    d->in_tick = true;
+    if (d->on_event != NULL) {
+        for (struct dp_inst *i = d->insts; i != NULL && !d->closing; i = i->next) {
+            if (!i->dead) {
+                poll_one(d, i);
+            }
+        }
+    }
+    d->in_tick = false;
+    insts_sweep(d);
+    children_reap(d);
+    idle_check(d);
+    /* At most one spawn per tick after a failure: a broken shim binary cannot spin us. */
+    idle_refill(d);
+}
+
+/* Run the timer's work on the next loop iteration (after a start), then every poll_ms. */
+static void tick_soon(struct driver_process *d)
+{
+    if (!d->closing) {
+        uv_timer_start(&d->timer, on_timer, 0, d->poll_ms);
+    }
+}
+
+/*
+ * Remove the spare directories of idle shims that are gone (killed before
+ * they could clean up): DATA/instances/.idle-<pid> whose lock nobody holds.
+ */
+static void spares_sweep(struct driver_process *d)
+{
+    DIR *dh = opendir(d->inst_dir);
+    if (dh == NULL) {
+        return;
+    }
+    struct dirent *e;
+    while ((e = readdir(dh)) != NULL) {
+        if (strncmp(e->d_name, DP_SPARE_PREFIX, strlen(DP_SPARE_PREFIX)) != 0) {
+            continue;
+        }
+        char dir[PATH_MAX], path[PATH_MAX];
+        if (snprintf(dir, sizeof dir, "%s/%s", d->inst_dir, e->d_name) >= (int)sizeof dir ||
+            snprintf(path, sizeof path, "%s/shim.lock", dir) >= (int)sizeof path ||
+            lock_holder(dir) != 0) {
+            continue;
+        }
+        unlink(path);
+        if (rmdir(dir) == 0) {
+            AP_LOG(AP_LOG_INFO, "idle_spare_removed dir=%s", dir);
+        }
+    }
+    closedir(dh);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The probe.                                                                */
+
+/*
+ * Run the shim with argv, its stdout a pipe to us, and read what it writes
+ * until EOF or timeout_ms. The process is reaped. Returns 0 with out
+ * NUL-terminated and *exit_status set, else AP_ETIMEDOUT / AP_EIO with
+ * errmsg.
+ */
+static int shim_run(struct driver_process *d, char *const argv[], uint64_t timeout_ms, char *out,
+                    size_t out_size, int *exit_status)
 {
     int p[2];
     if (pipe2(p, O_CLOEXEC) != 0) {
@@ -776,15 +1117,8 @@ static int shim_run(struct driver_process *d, char *const argv[], int target_fd,
     posix_spawn_file_actions_init(&fa);
     posix_spawnattr_init(&attr);
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    if (target_fd == 1) {
-        posix_spawn_file_actions_adddup2(&fa, p[1], 1);
-    } else {
-        posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-        posix_spawn_file_actions_adddup2(&fa, p[1], target_fd);
-    }
+    posix_spawn_file_actions_adddup2(&fa, p[1], 1);
     posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-    /* The shim starts with default signal dispositions and nothing blocked, whatever the daemon
-     * does. */
     sigset_t none, all;
     sigemptyset(&none);
     sigfillset(&all);
@@ -805,13 +1139,7 @@ static int shim_run(struct driver_process *d, char *const argv[], int target_fd,
     size_t used = 0;
     int rc = 0;
     int64_t deadline = mono_ms() + (int64_t)timeout_ms;
-    for (;;) {
-        if (until_newline && memchr(out, '\n', used) != NULL) {
-            break;
-        }
-        if (used + 1 >= out_size) {
-            break;
-        }
+    while (used + 1 < out_size) {
         int64_t left = deadline - mono_ms();
         if (left <= 0) {
             rc = AP_ETIMEDOUT;
@@ -886,7 +1214,7 @@ static int probe(struct driver_process *d, const char *cgroup_parent)
                     (char *)cgroup_parent, NULL};
     char out[DP_PROBE_OUT_MAX];
     int status;
-    int rc = shim_run(d, argv, 1, false, DP_PROBE_TIMEOUT_MS, out, sizeof out, &status);
+    int rc = shim_run(d, argv, DP_PROBE_TIMEOUT_MS, out, sizeof out, &status);
     if (rc != 0) {
         ap_errmsg_wrap(d->errmsg, "probe");
         return AP_EIO;
@@ -932,6 +1260,8 @@ json_t *driver_process__caps_to_json(const struct driver_process_caps *caps)
 /* ------------------------------------------------------------------------ */
 /* Lifecycle.                                                                */
 
+static void start_done(struct dp_start *ds, int rc, const struct driver_process_status *st);
+
 int driver_process__new(struct driver_process **out, const struct driver_process_config *cfg,
                         char *errmsg)
 {
@@ -948,6 +1278,11 @@ int driver_process__new(struct driver_process **out, const struct driver_process
                       "driver_process: cgroup_parent '%.80s' must be an absolute path "
                       "shorter than %d bytes",
                       cg, DRIVER_PROCESS_TEXT_MAX - DRIVER_PROCESS_ID_MAX - 2);
+        return AP_EINVAL;
+    }
+    if (cfg->idle_shims > DRIVER_PROCESS_IDLE_SHIMS_MAX) {
+        ap_errmsg_set(errmsg, "driver_process: idle_shims must be at most %d",
+                      DRIVER_PROCESS_IDLE_SHIMS_MAX);
         return AP_EINVAL;
     }
     if (access(cfg->shim_path, X_OK) != 0) {
@@ -977,7 +1312,8 @@ int driver_process__new(struct driver_process **out, const struct driver_process
     }
     snprintf(d->inst_dir, inst_len, "%s/instances", real);
     rc = AP_EINVAL;
-    if (strlen(d->inst_dir) + DRIVER_PROCESS_ID_MAX + 32 >= PATH_MAX / 2) {
+    /* The shim's limit for --pool (edge/shim/main.c: SHIM_DIR_MAX - SHIM_ID_MAX - 2). */
+    if (strlen(d->inst_dir) + DRIVER_PROCESS_ID_MAX + 32 >= 2900) {
         ap_errmsg_set(errmsg, "driver_process: data dir path too long");
         goto err_after_alloc;
     }
@@ -994,6 +1330,9 @@ int driver_process__new(struct driver_process **out, const struct driver_process
     d->grace_ms = cfg->stop_grace_ms != 0 ? cfg->stop_grace_ms : DRIVER_PROCESS_DEFAULT_GRACE_MS;
     d->log_max =
         cfg->log_max_bytes != 0 ? cfg->log_max_bytes : DRIVER_PROCESS_DEFAULT_LOG_MAX_BYTES;
+    d->idle_target = cfg->spawn_on_start    ? 0
+                     : cfg->idle_shims != 0 ? cfg->idle_shims
+                                            : DRIVER_PROCESS_DEFAULT_IDLE_SHIMS;
     if (d->grace_ms > 600000 || d->log_max < 4096 || d->log_max > 1024ull * 1024 * 1024) {
         ap_errmsg_set(errmsg, "driver_process: stop_grace_ms must be <= 600000 and "
                               "log_max_bytes within [4096, 1 GiB]");
@@ -1012,13 +1351,16 @@ int driver_process__new(struct driver_process **out, const struct driver_process
         rc = ap_err_from_uv(urc);
         goto err_after_alloc;
     }
-    if (d->on_event != NULL) {
-        uv_timer_start(&d->timer, on_timer, d->poll_ms, d->poll_ms);
-    }
+    d->open_handles = 1;
+    /* The timer also refills the idle shims and reaps ours, so it runs without on_event too. */
+    uv_timer_start(&d->timer, on_timer, d->poll_ms, d->poll_ms);
+    spares_sweep(d);
+    idle_refill(d);
     AP_LOG(AP_LOG_INFO,
-           "driver_process_ready data_dir=%s namespaces=%d cgroup=%s memory_limit=%d cpu_limit=%d",
+           "driver_process_ready data_dir=%s namespaces=%d cgroup=%s memory_limit=%d cpu_limit=%d "
+           "idle_shims=%zu",
            d->data_dir, d->caps.namespaces, d->caps.cgroup_v2 ? d->caps.cgroup_parent : "none",
-           d->caps.memory_limit, d->caps.cpu_limit);
+           d->caps.memory_limit, d->caps.cpu_limit, d->idle_target);
     *out = d;
     return 0;
 
@@ -1030,15 +1372,12 @@ err_after_alloc:
     return rc;
 }
 
-static void on_timer_closed(uv_handle_t *h)
+/* Every handle is closed: free the driver and tell whoever closed it. */
+static void driver_free(struct driver_process *d)
 {
-    struct driver_process *d = AP_CONTAINER_OF((uv_timer_t *)h, struct driver_process, timer);
-    for (struct dp_inst *i = d->insts; i != NULL; i = i->next) {
-        inst_untrack(i);
-    }
-    insts_sweep(d);
     void (*cb)(void *) = d->close_cb;
     void *data = d->close_data;
+    ap_free(d->children);
     ap_free(d->data_dir);
     ap_free(d->inst_dir);
     ap_free(d->shim_path);
@@ -1048,12 +1387,35 @@ static void on_timer_closed(uv_handle_t *h)
     }
 }
 
+static void on_timer_closed(uv_handle_t *h)
+{
+    struct driver_process *d = AP_CONTAINER_OF((uv_timer_t *)h, struct driver_process, timer);
+    for (struct dp_inst *i = d->insts; i != NULL; i = i->next) {
+        inst_untrack(i);
+    }
+    insts_sweep(d);
+    /* Idle shims leave when their control socket closes; what has exited by now is reaped. */
+    for (size_t k = 0; k < d->n_idle; k++) {
+        idle_drop(&d->idle[k]);
+    }
+    d->n_idle = 0;
+    children_reap(d);
+    if (--d->open_handles == 0) {
+        driver_free(d);
+    }
+}
+
 void driver_process__close(struct driver_process *d, void (*cb)(void *data), void *data)
 {
     AP_ASSERT(!d->closing);
     d->closing = true;
     d->close_cb = cb;
     d->close_data = data;
+    /* docs/workloads.md: a shim with a spec goes on; the next driver adopts what it started. */
+    while (d->starts != NULL) {
+        ap_errmsg_set(d->errmsg, "start instance %s: driver closed", d->starts->id);
+        start_done(d->starts, AP_ECANCELED, NULL);
+    }
     uv_timer_stop(&d->timer);
     uv_close((uv_handle_t *)&d->timer, on_timer_closed);
 }
@@ -1176,9 +1538,9 @@ static json_t *spec_to_json(struct driver_process *d, const char *id,
                      "cgroup_parent", d->caps.cgroup_v2 ? d->caps.cgroup_parent : "");
 }
 
-static int ready_error(struct driver_process *d, const char *id, const char *line)
+/* "ERR <kind> <message>" (edge/shim/main.c, reply_send) into errmsg and an error code. */
+static int reply_error(struct driver_process *d, const char *id, const char *line)
 {
-    /* "ERR <kind> <message>" (edge/shim/main.c, ready_send). */
     const char *kind = line + 4;
     const char *msg = strchr(kind, ' ');
     size_t klen = msg != NULL ? (size_t)(msg - kind) : strlen(kind);
@@ -1197,8 +1559,170 @@ static int ready_error(struct driver_process *d, const char *id, const char *lin
     return AP_EIO;
 }
 
+/* Write all of buf to a non-blocking socket before deadline. Returns 0 or -1 with errno. */
+static int send_all(int fd, const char *buf, size_t len, int64_t deadline)
+{
+    while (len > 0) {
+        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            buf += n;
+            len -= (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            return -1;
+        }
+        int64_t left = deadline - mono_ms();
+        if (left <= 0) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        struct pollfd p = {fd, POLLOUT, 0};
+        poll(&p, 1, (int)left);
+    }
+    return 0;
+}
+
+static void start_handle_closed(uv_handle_t *h)
+{
+    struct dp_start *ds = h->data;
+    struct driver_process *d = ds->d;
+    if (--ds->open_handles == 0) {
+        ap_free(ds);
+        if (--d->open_handles == 0 && d->closing) {
+            driver_free(d);
+        }
+    }
+}
+
+/*
+ * The start is over: report rc (and st when 0) to its callback, follow the
+ * instance when it runs, and let go of the shim (it lives on as the
+ * instance's supervisor, or has exited and is reaped later).
+ */
+static void start_done(struct dp_start *ds, int rc, const struct driver_process_status *st)
+{
+    struct driver_process *d = ds->d;
+    for (struct dp_start **pp = &d->starts; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == ds) {
+            *pp = ds->next;
+            break;
+        }
+    }
+    uv_poll_stop(&ds->poll);
+    uv_timer_stop(&ds->timer);
+    if (rc == 0) {
+        inst_track(d, st, ds->sh.pidfd);
+        ds->sh.pidfd = -1;
+        AP_LOG(AP_LOG_INFO, "instance_started id=%s shim_pid=%d workload_pid=%d namespaces=%d",
+               ds->id, st->shim_pid, st->workload_pid, st->isolation.pid_ns);
+    } else if (rc != AP_ECANCELED) {
+        AP_LOG(AP_LOG_WARN, "instance_start_failed id=%s err=\"%s\"", ds->id, d->errmsg);
+    }
+    uv_close((uv_handle_t *)&ds->poll, start_handle_closed);
+    uv_close((uv_handle_t *)&ds->timer, start_handle_closed);
+    /* The socket is closed after the poll handle stopped watching it. */
+    idle_drop(&ds->sh);
+    /* The next idle shim is spawned now, not while this one starts its workload. */
+    tick_soon(d);
+    if (ds->cb != NULL) {
+        ds->cb(ds->data, ds->id, rc, rc == 0 ? st : NULL);
+    }
+}
+
+/* The shim's answer line is complete (or the socket ended): decode it. */
+static void start_answer(struct dp_start *ds, bool eof)
+{
+    struct driver_process *d = ds->d;
+    char *nl = memchr(ds->reply, '\n', ds->used);
+    if (nl == NULL && !eof) {
+        return;
+    }
+    ds->reply[nl != NULL ? (size_t)(nl - ds->reply) : ds->used] = '\0';
+    const char *line = ds->reply;
+    if (strncmp(line, "ERR ", 4) == 0) {
+        start_done(ds, reply_error(d, ds->id, line), NULL);
+        return;
+    }
+    if (strncmp(line, "OK ", 3) != 0) {
+        ap_errmsg_set(d->errmsg,
+                      "start instance %s: shim %d ended without answering; see "
+                      "%s/%s/shim.log",
+                      ds->id, ds->sh.pid, d->inst_dir, ds->id);
+        start_done(ds, AP_EIO, NULL);
+        return;
+    }
+    struct driver_process_status st;
+    int writer = 0;
+    char msg[AP_ERRMSG_SIZE] = "";
+    memset(&st, 0, sizeof st);
+    if (status_decode(line + 3, strlen(line + 3), &st, &writer, msg) != 0) {
+        ap_errmsg_set(d->errmsg, "start instance %s: shim answer: %s", ds->id, msg);
+        start_done(ds, AP_EIO, NULL);
+        return;
+    }
+    ap_strlcpy(st.id, ds->id, sizeof st.id);
+    st.alive = true;
+    start_done(ds, 0, &st);
+}
+
+static void on_start_readable(uv_poll_t *h, int status, int events)
+{
+    struct dp_start *ds = h->data;
+    (void)events;
+    bool eof = status < 0;
+    while (!eof && ds->used + 1 < sizeof ds->reply) {
+        ssize_t n =
+            recv(ds->sh.ctl, ds->reply + ds->used, sizeof ds->reply - 1 - ds->used, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && errno == EAGAIN) {
+            break;
+        }
+        if (n <= 0) {
+            eof = true;
+            break;
+        }
+        ds->used += (size_t)n;
+    }
+    start_answer(ds, eof || ds->used + 1 >= sizeof ds->reply);
+}
+
+static void on_start_timeout(uv_timer_t *t)
+{
+    struct dp_start *ds = t->data;
+    struct driver_process *d = ds->d;
+    /* It may be stuck with the instance half taken: end it; the instance then reads lost. */
+    if (ds->sh.pidfd >= 0) {
+        pidfd_signal_(ds->sh.pidfd, SIGKILL);
+    }
+    ap_errmsg_set(d->errmsg, "start instance %s: shim %d did not answer within %llu ms", ds->id,
+                  ds->sh.pid, (unsigned long long)d->start_timeout_ms);
+    start_done(ds, AP_ETIMEDOUT, NULL);
+}
+
+/*
+ * Take a shim for a start: an idle one whose process still lives, else one
+ * spawned now. Returns 0 with *sh, or AP_EIO with errmsg.
+ */
+static int shim_take(struct driver_process *d, struct dp_idle *sh)
+{
+    while (d->n_idle > 0) {
+        *sh = d->idle[0];
+        d->idle[0] = d->idle[--d->n_idle];
+        if (sh->pidfd < 0 || !pidfd_exited(sh->pidfd)) {
+            return 0;
+        }
+        AP_LOG(AP_LOG_WARN, "idle_shim_died pid=%d", sh->pid);
+        idle_drop(sh);
+    }
+    return idle_spawn(d, sh);
+}
+
 int driver_process__start(struct driver_process *d, const char *id,
-                          const struct driver_process_spec *spec)
+                          const struct driver_process_spec *spec, driver_process_start_cb cb,
+                          void *data)
 {
     int rc = check_id(d, id);
     if (rc != 0) {
@@ -1213,20 +1737,14 @@ int driver_process__start(struct driver_process *d, const char *id,
         ap_errmsg_wrap(d->errmsg, "start instance %s: spec", id);
         return rc;
     }
+    /* docs/workloads.md: never a second shim for an instance (the shim's lock enforces it too). */
     char dir[PATH_MAX];
-    char path[PATH_MAX];
     inst_path(d, id, NULL, dir, sizeof dir);
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        ap_errmsg_set(d->errmsg, "start instance %s: mkdir %s: %s", id, dir, strerror(errno));
-        return err_from_errno(errno);
-    }
-    /* docs/workloads.md: never a second shim for an instance. */
-    struct driver_process_status cur;
-    struct stat fst;
-    bool have_file;
-    if (status_read(d, id, &cur, &fst, &have_file) == 0 && cur.alive) {
-        ap_errmsg_set(d->errmsg, "start instance %s: already running (shim pid %d)", id,
-                      cur.shim_pid);
+    int holder;
+    struct dp_start *busy = start_find(d, id);
+    if (busy != NULL || (access(dir, F_OK) == 0 && shim_find(d, dir, &holder, NULL))) {
+        ap_errmsg_set(d->errmsg, "start instance %s: already %s (shim pid %d)", id,
+                      busy != NULL ? "starting" : "running", busy != NULL ? busy->sh.pid : holder);
         return AP_EEXIST;
     }
     json_t *js = spec_to_json(d, id, spec);
@@ -1235,71 +1753,73 @@ int driver_process__start(struct driver_process *d, const char *id,
                       id);
         return AP_EINVAL;
     }
-    char *text = json_dumps(js, JSON_COMPACT);
-    json_decref(js);
-    if (text == NULL) {
+    /* One message, "START <len>\n<spec>", sent with one system call: the shim wakes once. */
+    enum { HEAD_MAX = 32 };
+    size_t len = json_dumpb(js, NULL, 0, JSON_COMPACT);
+    char *msg = len > 0 && len <= DRIVER_PROCESS_SPEC_MAX ? ap_malloc(HEAD_MAX + len) : NULL;
+    if (msg == NULL) {
+        json_decref(js);
+        if (len > DRIVER_PROCESS_SPEC_MAX) {
+            ap_errmsg_set(d->errmsg, "start instance %s: spec is %zu bytes, more than %d", id, len,
+                          DRIVER_PROCESS_SPEC_MAX);
+            return AP_ETOOBIG;
+        }
         ap_errmsg_set(d->errmsg, "start instance %s: out of memory", id);
         return AP_ENOMEM;
     }
-    size_t len = strlen(text);
-    if (len > DRIVER_PROCESS_SPEC_MAX) {
-        free(text);
-        ap_errmsg_set(d->errmsg, "start instance %s: spec is %zu bytes, more than %d", id, len,
-                      DRIVER_PROCESS_SPEC_MAX);
-        return AP_ETOOBIG;
+    int hl = snprintf(msg, HEAD_MAX, "START %zu\n", len);
+    json_dumpb(js, msg + hl, len, JSON_COMPACT);
+    json_decref(js);
+    struct dp_start *ds = ap_calloc(1, sizeof *ds);
+    if (ds == NULL) {
+        ap_free(msg);
+        ap_errmsg_set(d->errmsg, "start instance %s: out of memory", id);
+        return AP_ENOMEM;
     }
-    inst_path(d, id, "spec.json", path, sizeof path);
-    /*
-     * Not fsynced: the daemon's shard is the source of truth and every start
-     * rewrites this file; an fsync here would dominate start latency.
-     */
-    rc = write_atomic(path, text, len, false, d->errmsg);
-    free(text);
+    ds->d = d;
+    ap_strlcpy(ds->id, id, sizeof ds->id);
+    ds->cb = cb;
+    ds->data = data;
+    /* A shim that died after our check leaves EPIPE: a fresh one is tried, once. */
+    for (int attempt = 0; attempt < 2; attempt++) {
+        rc = shim_take(d, &ds->sh);
+        if (rc != 0) {
+            ap_errmsg_wrap(d->errmsg, "start instance %s", id);
+            break;
+        }
+        int64_t deadline = mono_ms() + (int64_t)d->start_timeout_ms;
+        if (send_all(ds->sh.ctl, msg, (size_t)hl + len, deadline) == 0) {
+            rc = 0;
+            break;
+        }
+        ap_errmsg_set(d->errmsg, "start instance %s: send to shim %d: %s", id, ds->sh.pid,
+                      strerror(errno));
+        rc = AP_EIO;
+        idle_drop(&ds->sh);
+    }
+    ap_free(msg);
     if (rc != 0) {
-        ap_errmsg_wrap(d->errmsg, "start instance %s", id);
+        tick_soon(d);
+        ap_free(ds);
         return rc;
     }
-    /* A status left by an earlier shim must not be mistaken for the new one's. */
-    inst_path(d, id, "status.json", path, sizeof path);
-    if (unlink(path) != 0 && errno != ENOENT) {
-        ap_errmsg_set(d->errmsg, "start instance %s: unlink %s: %s", id, path, strerror(errno));
-        return err_from_errno(errno);
+    int urc = uv_poll_init(d->loop, &ds->poll, ds->sh.ctl);
+    if (urc != 0) {
+        ap_errmsg_set(d->errmsg, "start instance %s: poll: %s", id, uv_strerror(urc));
+        /* The shim has the spec: it starts the instance, which the next adopt finds. */
+        idle_drop(&ds->sh);
+        ap_free(ds);
+        return ap_err_from_uv(urc);
     }
-    char *argv[] = {d->shim_path, (char *)"--dir", dir, (char *)"--ready-fd", (char *)"3", NULL};
-    char line[DP_READY_LINE_MAX];
-    int status;
-    rc = shim_run(d, argv, 3, true, d->start_timeout_ms, line, sizeof line, &status);
-    if (rc != 0) {
-        ap_errmsg_wrap(d->errmsg, "start instance %s", id);
-        return rc;
-    }
-    if (strncmp(line, "ERR ", 4) == 0) {
-        rc = ready_error(d, id, line);
-        AP_LOG(AP_LOG_WARN, "instance_start_failed id=%s err=\"%s\"", id, d->errmsg);
-        return rc;
-    }
-    if (strncmp(line, "OK ", 3) != 0) {
-        ap_errmsg_set(
-            d->errmsg,
-            "start instance %s: shim exited (status %d) without reporting; see %s/shim.log", id,
-            status, dir);
-        return AP_EIO;
-    }
-    rc = status_read(d, id, &cur, &fst, &have_file);
-    if (rc != 0) {
-        ap_errmsg_wrap(d->errmsg, "start instance %s", id);
-        return rc;
-    }
-    inst_track(d, &cur);
-    struct dp_inst *i = inst_find(d, id);
-    if (i != NULL && have_file) {
-        i->have_file = true;
-        i->ino = fst.st_ino;
-        i->size = fst.st_size;
-        i->mtime = fst.st_mtim;
-    }
-    AP_LOG(AP_LOG_INFO, "instance_started id=%s shim_pid=%d workload_pid=%d namespaces=%d", id,
-           cur.shim_pid, cur.workload_pid, cur.isolation.pid_ns);
+    uv_timer_init(d->loop, &ds->timer);
+    ds->poll.data = ds;
+    ds->timer.data = ds;
+    ds->open_handles = 2;
+    d->open_handles++;
+    uv_poll_start(&ds->poll, UV_READABLE | UV_DISCONNECT, on_start_readable);
+    uv_timer_start(&ds->timer, on_start_timeout, d->start_timeout_ms, 0);
+    ds->next = d->starts;
+    d->starts = ds;
     return 0;
 }
 
@@ -1308,6 +1828,19 @@ int driver_process__stop(struct driver_process *d, const char *id)
     int rc = check_id(d, id);
     if (rc != 0) {
         return rc;
+    }
+    struct dp_start *ds = start_find(d, id);
+    if (ds != NULL) {
+        /* It blocks signals while it starts the workload, and stops it right after. */
+        int src =
+            ds->sh.pidfd >= 0 ? pidfd_signal_(ds->sh.pidfd, SIGTERM) : kill(ds->sh.pid, SIGTERM);
+        if (src != 0 && errno != ESRCH) {
+            ap_errmsg_set(d->errmsg, "stop instance %s: signal shim %d: %s", id, ds->sh.pid,
+                          strerror(errno));
+            return AP_EIO;
+        }
+        AP_LOG(AP_LOG_INFO, "instance_stop_requested id=%s shim_pid=%d starting=1", id, ds->sh.pid);
+        return 0;
     }
     struct driver_process_status st;
     rc = driver_process__status(d, id, &st);
@@ -1319,22 +1852,31 @@ int driver_process__stop(struct driver_process *d, const char *id)
     }
     char dir[PATH_MAX];
     inst_path(d, id, NULL, dir, sizeof dir);
+    int pid;
     int fd = -1;
-    if (!shim_alive(st.shim_pid, dir, &fd)) {
+    if (!shim_find(d, dir, &pid, &fd)) {
         return 0; /* it ended in between */
     }
+    bool exiting = false;
+    if (fd < 0 && pid > 0 && !cmdline_is_shim(pid, d->inst_dir, dir, &exiting) && exiting) {
+        return 0; /* it is ending anyway */
+    }
+    if (fd < 0 && (pid <= 0 || !cmdline_is_shim(pid, d->inst_dir, dir, NULL))) {
+        ap_errmsg_set(d->errmsg, "stop instance %s: its lock holder (pid %d) is not a shim of ours",
+                      id, pid);
+        return AP_EIO;
+    }
     /* The pidfd pins the process we checked, so a recycled pid is never signalled. */
-    int src = fd >= 0 ? pidfd_signal_(fd, SIGTERM) : kill(st.shim_pid, SIGTERM);
+    int src = fd >= 0 ? pidfd_signal_(fd, SIGTERM) : kill(pid, SIGTERM);
     int e = errno;
     if (fd >= 0) {
         close(fd);
     }
     if (src != 0 && e != ESRCH) {
-        ap_errmsg_set(d->errmsg, "stop instance %s: signal shim %d: %s", id, st.shim_pid,
-                      strerror(e));
+        ap_errmsg_set(d->errmsg, "stop instance %s: signal shim %d: %s", id, pid, strerror(e));
         return AP_EIO;
     }
-    AP_LOG(AP_LOG_INFO, "instance_stop_requested id=%s shim_pid=%d", id, st.shim_pid);
+    AP_LOG(AP_LOG_INFO, "instance_stop_requested id=%s shim_pid=%d", id, pid);
     return 0;
 }
 
@@ -1395,8 +1937,8 @@ int driver_process__adopt_all(struct driver_process *d, driver_process_adopt_cb 
     int count = 0;
     struct dirent *e;
     while ((e = readdir(dh)) != NULL) {
-        if (e->d_name[0] == '.' && (e->d_name[1] == '\0' || strcmp(e->d_name, "..") == 0)) {
-            continue;
+        if (e->d_name[0] == '.') {
+            continue; /* ".", "..", and idle shims' spare directories */
         }
         if (!valid_id(e->d_name)) {
             AP_LOG(AP_LOG_WARN, "adopt_skipped entry=\"%.80s\" reason=invalid_id", e->d_name);
@@ -1413,13 +1955,9 @@ int driver_process__adopt_all(struct driver_process *d, driver_process_adopt_cb 
             continue;
         }
         if (st.alive) {
-            inst_track(d, &st);
-            struct dp_inst *i = inst_find(d, id);
-            if (i != NULL && have_file) {
-                i->have_file = true;
-                i->ino = fst.st_ino;
-                i->size = fst.st_size;
-                i->mtime = fst.st_mtim;
+            struct dp_inst *i = inst_track(d, &st, -1);
+            if (i != NULL) {
+                inst_note_file(i, have_file, &fst);
             }
         }
         AP_LOG(AP_LOG_INFO, "instance_adopt id=%s alive=%d state=%s shim_pid=%d", id, st.alive,

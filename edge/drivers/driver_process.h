@@ -11,7 +11,10 @@
 
 struct driver_process;
 
-/** Longest instance id: 1 to 64 of [A-Za-z0-9._-] (a UUIDv7 fits), never "." or "..". */
+/**
+ * Longest instance id: 1 to 64 of [A-Za-z0-9._-] (a UUIDv7 fits), not starting with '.'
+ * (DATA/instances/.idle-<pid> are the idle shims' spare directories).
+ */
 #define DRIVER_PROCESS_ID_MAX 64
 /** Most argv entries, and most env entries, of a spec. */
 #define DRIVER_PROCESS_MAX_ARGS 256
@@ -34,6 +37,9 @@ struct driver_process;
 #define DRIVER_PROCESS_DEFAULT_GRACE_MS         5000
 #define DRIVER_PROCESS_DEFAULT_LOG_MAX_BYTES    (1024 * 1024)
 #define DRIVER_PROCESS_DEFAULT_CGROUP_PARENT    "/sys/fs/cgroup/archipel"
+#define DRIVER_PROCESS_DEFAULT_IDLE_SHIMS       1
+/** Most idle shims a driver keeps. */
+#define DRIVER_PROCESS_IDLE_SHIMS_MAX 8
 
 /** When the shim restarts a workload that exited. */
 enum driver_process_restart {
@@ -89,7 +95,7 @@ struct driver_process_isolation {
 struct driver_process_status {
     char id[DRIVER_PROCESS_ID_MAX + 1];
     enum driver_process_state state;
-    bool alive;         /* its shim runs (checked: pid alive and /proc cmdline is ours) */
+    bool alive;         /* its shim runs (checked: it holds the instance's shim.lock) */
     int shim_pid;       /* 0 when none */
     int child_pid;      /* the shim's child: the namespace's init, or the workload; 0 when none */
     int workload_pid;   /* the exec'd command as seen from the host; 0 when none */
@@ -126,6 +132,19 @@ typedef void (*driver_process_event_cb)(void *data, const struct driver_process_
 /** Fires once per instance during driver_process__adopt_all(); st is borrowed. */
 typedef void (*driver_process_adopt_cb)(void *data, const struct driver_process_status *st);
 
+/**
+ * Fires once, on the loop thread, for every driver_process__start() that
+ * returned 0: rc is 0 when the workload exec'd (st: its status, "running";
+ * the instance is followed from then on), AP_EINVAL when it could not start
+ * (exec or chdir failed, the message in driver_process__errmsg(); status.json
+ * says "failed"), AP_EEXIST (another shim holds the instance), AP_ETIMEDOUT,
+ * AP_EIO, or AP_ECANCELED when the driver closed first (the shim goes on;
+ * the next driver adopts what it started). st is borrowed, NULL unless rc is
+ * 0. The callback may call any driver function except driver_process__close().
+ */
+typedef void (*driver_process_start_cb)(void *data, const char *id, int rc,
+                                        const struct driver_process_status *st);
+
 struct driver_process_config {
     uv_loop_t *loop;
     const char *data_dir;      /* must exist; instances live in DATA/instances/<id>/ */
@@ -136,26 +155,34 @@ struct driver_process_config {
     uint64_t start_timeout_ms; /* how long start waits for the shim's report; 0: default */
     uint64_t stop_grace_ms;    /* SIGTERM to SIGKILL; 0: default */
     uint64_t log_max_bytes;    /* cap of each log file (one rotated copy kept); 0: default */
+    unsigned idle_shims;       /* shims kept spawned and prepared for the next starts
+                                  (docs/workloads.md); 0: default, at most
+                                  DRIVER_PROCESS_IDLE_SHIMS_MAX */
+    bool spawn_on_start;       /* keep no idle shim: spawn one per start (slower) */
     driver_process_event_cb on_event; /* may be NULL: then nothing is polled */
     void *data;
 };
 
 /**
- * Create the driver: check the config, create DATA/instances, and run
- * `archipel-shim --probe` to learn (and prepare, for cgroups) what isolation
- * the host allows. Blocks for the probe (a few milliseconds). Nothing is
+ * Create the driver: check the config, create DATA/instances, remove the
+ * spare directories of idle shims that died, run `archipel-shim --probe` to
+ * learn (and prepare, for cgroups) what isolation the host allows, and spawn
+ * the idle shims. Blocks for the probe (a few milliseconds). Nothing is
  * adopted yet: call driver_process__adopt_all(). Strings are copied. On
  * success *out owns the driver until driver_process__close() calls back.
- * Errors: AP_EINVAL (bad config, shim not executable), AP_EIO (probe
- * failed), AP_ENOMEM; errmsg (AP_ERRMSG_SIZE bytes) says what failed.
+ * Shims are this process's children: the driver reaps them (waitpid on their
+ * pids only). Errors: AP_EINVAL (bad config, shim not executable), AP_EIO
+ * (probe failed), AP_ENOMEM; errmsg (AP_ERRMSG_SIZE bytes) says what failed.
  */
 int driver_process__new(struct driver_process **out, const struct driver_process_config *cfg,
                         char *errmsg);
 
 /**
  * Close the driver without touching workloads: their shims keep them running
- * and a later driver adopts them. cb(data) fires once on the loop, after
- * which d is freed. cb may be NULL. Calling it twice is a bug.
+ * and a later driver adopts them. Starts in flight complete with
+ * AP_ECANCELED first. Idle shims see their control socket close and exit.
+ * cb(data) fires once on the loop, after which d is freed. cb may be NULL.
+ * Calling it twice is a bug.
  */
 void driver_process__close(struct driver_process *d, void (*cb)(void *data), void *data);
 
@@ -175,26 +202,32 @@ json_t *driver_process__status_to_json(const struct driver_process_status *st);
 const char *driver_process__state_name(enum driver_process_state state);
 
 /**
- * Start instance id: write DATA/instances/<id>/spec.json (replacing an
- * older one), spawn a detached shim for it and wait (bounded by
- * start_timeout_ms; it blocks the loop for a few milliseconds, see
- * docs/workloads.md)
- * until the shim reports that the workload exec'd. The instance is then
- * tracked: on_event reports its changes. Errors: AP_EINVAL (bad id or spec,
- * or the workload could not start: exec or chdir failed; status says
- * "failed"), AP_EEXIST (a shim already runs this instance: never two),
- * AP_ETOOBIG (spec over DRIVER_PROCESS_SPEC_MAX), AP_ETIMEDOUT, AP_EIO,
- * AP_ENOMEM; the message is in driver_process__errmsg().
+ * Start instance id: hand the spec to an idle shim (or, when none is ready,
+ * to one spawned now) and return; the shim reports when the workload has
+ * exec'd, about as long after the call as a posix_spawn of the same command
+ * takes (docs/workloads.md, "Footprint and start latency"), and cb(data, id, rc, st) fires
+ * then, once, bounded by start_timeout_ms. The shim owns
+ * DATA/instances/<id>/ (spec.json, status.json, logs). Meanwhile the
+ * instance reads "starting" and alive, and a second start is refused. A new
+ * idle shim is spawned once the answer is in. Errors (cb never fires):
+ * AP_EINVAL (bad id or spec), AP_EEXIST (a shim already runs or starts this
+ * instance: never two), AP_ETOOBIG (spec over DRIVER_PROCESS_SPEC_MAX),
+ * AP_EIO (no shim could be spawned or reached), AP_ENOMEM, AP_ESHUTDOWN
+ * (closing); the message is in driver_process__errmsg().
  */
 int driver_process__start(struct driver_process *d, const char *id,
-                          const struct driver_process_spec *spec);
+                          const struct driver_process_spec *spec, driver_process_start_cb cb,
+                          void *data);
 
 /**
  * Ask the instance's shim to stop it (SIGTERM to the shim, which forwards it
- * and sends SIGKILL after the grace period). Returns at once; the shim
- * records "stopped" and exits, which on_event reports. Stopping an instance
- * that does not run is not an error. Errors: AP_EINVAL (bad id), AP_ENOTFOUND
- * (no such instance), AP_ECORRUPT (unreadable status.json), AP_EIO.
+ * and sends SIGKILL after the grace period; a shim still starting it stops
+ * it once it runs). Returns at once; the shim records "stopped" and exits,
+ * which on_event reports. Stopping an instance that does not run is not an
+ * error. Errors: AP_EINVAL (bad id), AP_ENOTFOUND
+ * (no such instance), AP_ECORRUPT (unreadable status.json), AP_EIO (signal
+ * failed, or the holder of the instance's lock is not a shim of ours: it is
+ * never signalled).
  */
 int driver_process__stop(struct driver_process *d, const char *id);
 
@@ -205,11 +238,13 @@ int driver_process__stop(struct driver_process *d, const char *id);
 int driver_process__remove(struct driver_process *d, const char *id);
 
 /**
- * Fill *st from the instance's status.json and a check of its shim (pid
- * alive, /proc/<pid>/cmdline names archipel-shim and this directory). A
- * missing status.json, or a shim gone without a final state, reads as
- * DRIVER_PROCESS_LOST. Errors: AP_EINVAL (bad id), AP_ENOTFOUND (no such
- * instance), AP_ECORRUPT (status.json is not what a shim writes), AP_EIO.
+ * Fill *st from the instance's status.json and a check of its shim (the
+ * process holding DIR/shim.lock, pinned by a pidfd). A live shim that has not
+ * written its status yet reads as DRIVER_PROCESS_STARTING (or as what it
+ * answered the start with); no live shim and a missing status.json, or a
+ * shim gone without a final state, read as DRIVER_PROCESS_LOST. Errors:
+ * AP_EINVAL (bad id), AP_ENOTFOUND (no such instance), AP_ECORRUPT
+ * (status.json is not what a shim writes), AP_EIO.
  */
 int driver_process__status(struct driver_process *d, const char *id,
                            struct driver_process_status *st);

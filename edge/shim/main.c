@@ -1,18 +1,22 @@
 /* archipel-shim: the per-instance supervisor of the process driver; libc only, see
  * docs/workloads.md. */
 /*
- * One shim runs per instance, detached from archipel-edge so that workloads
- * survive the daemon. It reads DIR/spec.json, starts the workload (in new PID,
- * mount and UTS namespaces and a cgroup v2 group when the host allows), copies
- * its stdout/stderr into size-capped log files, restarts it per policy with
- * exponential back-off, and records every change in DIR/status.json (written
- * to a temporary file, fsynced, renamed). SIGTERM stops it.
+ * One shim runs per instance, in its own session, so that workloads survive
+ * archipel-edge. The driver keeps one shim spawned ahead of time ("idle",
+ * --pool): it has already made and locked a spare instance directory and, in
+ * namespace mode, cloned the namespace's init. A start then only sends it the
+ * spec over a socket; the shim renames the spare directory into place, starts
+ * the workload the way posix_spawn does (vfork-style clone, then exec) and
+ * answers "OK <status>" once it has exec'd. It copies the workload's
+ * stdout/stderr into size-capped log files, restarts it per policy with
+ * exponential back-off, and records every change in DIR/status.json. SIGTERM
+ * stops it. `--dir DIR` runs DIR/spec.json by hand.
  *
  * It links nothing but libc and keeps its buffers small, so that a shim stays
- * well under 1 MiB resident. The spec decoder (shim_spec_parse) takes bytes
- * from disk: it is bounded, never asserts, and is fuzzed by
- * tests/fuzz/fuzz_shim_spec.c, which includes this file with
- * AP_SHIM_PARSER_ONLY defined to get the decoder alone.
+ * well under 1 MiB resident. The spec decoder (shim_spec_parse) and the
+ * control header decoder (shim_ctl_header) take bytes from outside: they are
+ * bounded, never assert, and are fuzzed by tests/fuzz/fuzz_shim_spec.c, which
+ * includes this file with AP_SHIM_PARSER_ONLY defined to get them alone.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,7 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -60,11 +64,14 @@
 #define SHIM_EXEC_WAIT_MS      10000
 #define SHIM_CPU_PERIOD_US     100000
 #define SHIM_READ_BUF          16384
-#define SHIM_STACK_SIZE        (64 * 1024)
+#define SHIM_STACK_SIZE        (128 * 1024)
 #define SHIM_FILE_PATH_MAX     4096
 #define SHIM_DIR_MAX           3000
 #define SHIM_ERR_MAX           256
 #define SHIM_SHIM_LOG_MAX      (64 * 1024)
+#define SHIM_CTL_HEADER_MAX    32
+#define SHIM_CTL_WAIT_MS       10000
+#define SHIM_TOUCH_MAX         (64UL * 1024 * 1024)
 
 /* ------------------------------------------------------------------------ */
 /* The spec and its decoder.                                                 */
@@ -405,7 +412,8 @@ static int jp_str_array(struct jp *j, const char *field, char **out, size_t max_
 static bool valid_id(const char *id)
 {
     size_t n = strlen(id);
-    if (n == 0 || n > SHIM_ID_MAX || strcmp(id, ".") == 0 || strcmp(id, "..") == 0) {
+    /* Names starting with '.' are the driver's (the idle shims' spare directories). */
+    if (n == 0 || n > SHIM_ID_MAX || id[0] == '.') {
         return false;
     }
     for (size_t i = 0; i < n; i++) {
@@ -443,7 +451,8 @@ static int jp_value(struct jp *j, enum spec_key key, int64_t *version)
             return -1;
         }
         if (!valid_id(str)) {
-            return jp_fail(j, "field 'id': want 1 to %d of [A-Za-z0-9._-]", SHIM_ID_MAX);
+            return jp_fail(j, "field 'id': want 1 to %d of [A-Za-z0-9._-], not starting with '.'",
+                           SHIM_ID_MAX);
         }
         s->id = str;
         return 0;
@@ -660,6 +669,44 @@ err:
     return -1;
 }
 
+/*
+ * Decode the header of a control message from the driver, "START <len>\n",
+ * at the start of buf (len bytes so far). Returns 0 with *hdr_len (header
+ * bytes, newline included) and *body_len (the spec's size, 1 to
+ * SHIM_SPEC_MAX_BYTES) set, 1 when more bytes are needed, or -1 when buf
+ * cannot be a header. Never asserts on the input.
+ */
+static int shim_ctl_header(const char *buf, size_t len, size_t *hdr_len, size_t *body_len)
+{
+    static const char word[] = "START ";
+    size_t wl = sizeof word - 1;
+    size_t cmp = len < wl ? len : wl;
+    if (memcmp(buf, word, cmp) != 0) {
+        return -1;
+    }
+    size_t i = wl;
+    size_t v = 0;
+    for (; i < len && i < SHIM_CTL_HEADER_MAX; i++) {
+        char c = buf[i];
+        if (c == '\n') {
+            if (i == wl || v == 0 || v > SHIM_SPEC_MAX_BYTES) {
+                return -1;
+            }
+            *hdr_len = i + 1;
+            *body_len = v;
+            return 0;
+        }
+        if (c < '0' || c > '9' || (i == wl && c == '0')) {
+            return -1;
+        }
+        v = v * 10 + (size_t)(c - '0');
+        if (v > SHIM_SPEC_MAX_BYTES) {
+            return -1;
+        }
+    }
+    return i >= SHIM_CTL_HEADER_MAX ? -1 : 1;
+}
+
 #ifndef AP_SHIM_PARSER_ONLY
 
 /* ------------------------------------------------------------------------ */
@@ -672,6 +719,13 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static int64_t wall_ms(void)
 {
     struct timespec ts;
@@ -681,7 +735,7 @@ static int64_t wall_ms(void)
 
 static void logf_shim(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* One line per event on stderr, which is DIR/shim.log once detached. */
+/* One line per event on stderr, which is DIR/shim.log once the shim has an instance. */
 static void logf_shim(const char *fmt, ...)
 {
     char line[512];
@@ -779,13 +833,6 @@ static bool has_word(const char *list, const char *word)
     return false;
 }
 
-static int cmp_int(const void *a, const void *b)
-{
-    int x = *(const int *)a;
-    int y = *(const int *)b;
-    return (x > y) - (x < y);
-}
-
 static void close_span(unsigned lo, unsigned hi)
 {
     if (close_range(lo, hi, 0) == 0) {
@@ -798,17 +845,24 @@ static void close_span(unsigned lo, unsigned hi)
     }
 }
 
-/* Close every descriptor >= 3 except those in keep (at most 8). */
+/*
+ * Close every descriptor >= 3 except those in keep (at most 8). Safe in a
+ * vfork-style child: no allocation, no library state.
+ */
 static void close_all_except(const int *keep, size_t n)
 {
     int k[8];
     size_t m = 0;
     for (size_t i = 0; i < n && m < 8; i++) {
         if (keep[i] >= 3) {
-            k[m++] = keep[i];
+            size_t j = m++;
+            while (j > 0 && k[j - 1] > keep[i]) {
+                k[j] = k[j - 1];
+                j--;
+            }
+            k[j] = keep[i];
         }
     }
-    qsort(k, m, sizeof k[0], cmp_int);
     unsigned lo = 3;
     for (size_t i = 0; i < m; i++) {
         unsigned fd = (unsigned)k[i];
@@ -841,6 +895,102 @@ static void json_escape(char *dst, size_t dsz, const char *src)
         }
     }
     dst[o] = '\0';
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
+/*
+ * Show text as this process's last argument in ps and /proc/PID/cmdline (the
+ * setproctitle technique: argv strings are ours to modify). The driver
+ * spawns idle shims with a placeholder `--dir` argument long enough for any
+ * instance directory, so an assigned shim reads `--dir DATA/instances/<id>`.
+ * The bytes after text are zeroed up to the slot's own terminating NUL.
+ */
+static void title_set(char *slot, size_t cap, const char *text)
+{
+    if (slot == NULL || cap == 0) {
+        return;
+    }
+    size_t n = strlen(text);
+    if (n > cap - 1) {
+        n = cap - 1;
+    }
+    memmove(slot, text, n);
+    memset(slot + n, 0, cap - n);
+}
+
+/*
+ * Give this process its own copy of every resident page it may write
+ * (private writable mappings). After a fork both sides share those pages
+ * copy-on-write, and each first write costs a page fault; on a VM that is tens
+ * of microseconds each. Doing it while idle keeps them off the start path.
+ * Pages not yet resident are left alone, so the resident size does not grow.
+ * It reads memory no C object owns (malloc's and a sanitizer's redzones), so
+ * AddressSanitizer must not check it.
+ */
+__attribute__((no_sanitize_address)) static void touch_resident(void)
+{
+    char maps[16384];
+    ssize_t len = read_small("/proc/self/maps", maps, sizeof maps);
+    long page = sysconf(_SC_PAGESIZE);
+    if (len <= 0 || page <= 0) {
+        return;
+    }
+    for (char *line = maps; *line != '\0';) {
+        char *nl = strchr(line, '\n');
+        char *end;
+        unsigned long lo = strtoul(line, &end, 16);
+        unsigned long hi = *end == '-' ? strtoul(end + 1, &end, 16) : 0;
+        /*
+         * "lo-hi rw-p ...": writable and private. Mappings larger than the shim ever
+         * makes (a sanitizer's shadow memory spans terabytes) are left alone.
+         */
+        if (hi > lo && hi - lo <= SHIM_TOUCH_MAX && end[0] == ' ' && end[1] == 'r' &&
+            end[2] == 'w' && end[4] == 'p') {
+            unsigned char vec[64];
+            for (unsigned long a = lo; a < hi;) {
+                size_t pages = (hi - a) / (unsigned long)page;
+                if (pages > sizeof vec) {
+                    pages = sizeof vec;
+                }
+                if (mincore((void *)a, pages * (size_t)page, vec) == 0) {
+                    for (size_t i = 0; i < pages; i++) {
+                        if (vec[i] & 1) {
+                            volatile char *p = (volatile char *)(a + i * (unsigned long)page);
+                            *p = *p;
+                        }
+                    }
+                }
+                a += pages * (unsigned long)page;
+            }
+        }
+        if (nl == NULL) {
+            break;
+        }
+        line = nl + 1;
+    }
+}
+
+/* A stack for clone(), with a guard page below it. NULL when out of memory. */
+static char *stack_new(void)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    size_t guard = page > 0 ? (size_t)page : 4096;
+    char *m = mmap(NULL, SHIM_STACK_SIZE + guard, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (m == MAP_FAILED) {
+        return NULL;
+    }
+    if (mprotect(m, guard, PROT_NONE) != 0) {
+        /* No guard page; the stack still works. */
+    }
+    return m + guard;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -910,55 +1060,41 @@ static void log_write(struct shim_log *l, const char *buf, size_t len)
 /* ------------------------------------------------------------------------ */
 /* The workload's processes.                                                 */
 
-/* What the workload's side reports on the exec socket before exec. */
-enum report_kind {
-    REPORT_PID = 'P',    /* about to exec; the credentials carry its pid */
-    REPORT_SETUP = 'S',  /* stdio setup failed */
-    REPORT_CHDIR = 'C',  /* chdir(cwd) failed */
-    REPORT_EXEC = 'X',   /* execve failed */
-    REPORT_FORK = 'F',   /* the namespace's init could not fork */
-    REPORT_CGROUP = 'G', /* could not join the cgroup (not fatal: runs without limits) */
+/* Why the workload's side gave up before exec (struct spawn_args.err_kind). */
+enum child_failure {
+    FAIL_SETUP = 1, /* stdio setup failed */
+    FAIL_CHDIR,     /* chdir(cwd) failed */
+    FAIL_EXEC,      /* execve failed */
+    FAIL_NS,        /* could not enter the namespaces */
 };
 
-struct report {
-    int32_t kind;
-    int32_t err;
-};
-
-struct child_args {
+/* What the vfork-style child that becomes the workload needs. */
+struct spawn_args {
     const struct shim_spec *spec;
-    const char *cgroup_procs; /* the instance's cgroup.procs, or NULL */
+    const char *cgroup_procs; /* the instance's cgroup.procs to join, or NULL */
     int life_r;               /* only the shim holds the write end: hang-up means it died */
-    int report_w;             /* SOCK_SEQPACKET, close-on-exec: EOF tells the shim exec worked */
+    int devnull;
     int out_w;
     int err_w;
-    int status_w; /* namespace mode: init writes the workload's wait status here */
+    int mnt_fd; /* namespace mode: the namespaces to enter (init's), else -1 */
+    int uts_fd;
+    /* Written by the child, read by the shim once clone() returns (shared memory). */
+    volatile int err_kind; /* enum child_failure; 0 when it exec'd */
+    volatile int err_no;
+    volatile int cgroup_err; /* joining the cgroup failed (not fatal: no limits) */
 };
 
-static void child_report(int fd, int kind, int err)
-{
-    struct report r = {kind, err};
-    ssize_t n = send(fd, &r, sizeof r, MSG_NOSIGNAL);
-    (void)n;
-}
-
 /*
- * First steps of the shim's child: die with the shim (PDEATHSIG), and close
- * the race where the shim died before that was set (its life pipe then hangs
- * up). Then join the instance's cgroup, so that everything forked from here
- * is accounted and limited.
+ * First steps of a child that outlives the call that made it: die with the
+ * shim (PDEATHSIG), and close the race where the shim died before that was
+ * set (its life pipe then hangs up).
  */
-static void child_attach(const struct child_args *a)
+static void child_attach(int life_r)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    struct pollfd p = {a->life_r, POLLIN, 0};
+    struct pollfd p = {life_r, POLLIN, 0};
     if (poll(&p, 1, 0) != 0) {
         _exit(1);
-    }
-    close(a->life_r);
-    int rc = a->cgroup_procs != NULL ? write_knob(a->cgroup_procs, "0") : 0;
-    if (rc != 0) {
-        child_report(a->report_w, REPORT_CGROUP, -rc);
     }
 }
 
@@ -1000,160 +1136,197 @@ static void exec_search(char *const argv[], char *const envp[], const char *path
     errno = eacces ? EACCES : ENOENT;
 }
 
-/* The workload process itself: reset what the shim changed, then exec. */
-static _Noreturn void workload_exec(const struct child_args *a)
+static _Noreturn void child_fail(struct spawn_args *sa, int kind, int err)
 {
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; sig++) {
-        if (sig != SIGKILL && sig != SIGSTOP) {
-            sigaction(sig, &dfl, NULL);
-        }
-    }
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    setpgid(0, 0);
-    int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (devnull < 0 || dup2(devnull, STDIN_FILENO) < 0 || dup2(a->out_w, STDOUT_FILENO) < 0 ||
-        dup2(a->err_w, STDERR_FILENO) < 0) {
-        child_report(a->report_w, REPORT_SETUP, errno);
-        _exit(127);
-    }
-    int keep[] = {a->report_w};
-    close_all_except(keep, 1);
-    const char *cwd = a->spec->cwd[0] != '\0' ? a->spec->cwd : "/";
-    if (chdir(cwd) != 0) {
-        child_report(a->report_w, REPORT_CHDIR, errno);
-        _exit(127);
-    }
-    child_report(a->report_w, REPORT_PID, 0);
-    exec_search(a->spec->argv, a->spec->env, a->spec->path);
-    child_report(a->report_w, REPORT_EXEC, errno);
+    sa->err_no = err;
+    sa->err_kind = kind;
     _exit(127);
 }
 
-static void init_noop_handler(int sig)
+/*
+ * The workload's side, in the vfork-style child (memory shared with the
+ * suspended shim, so: no allocation, nothing but system calls on its own
+ * stack). With namespaces it enters init's mount and UTS namespaces (the
+ * shim already pointed its children's PID namespace at init's, so this
+ * child is pid 2 there) and names the host. It joins the cgroup, resets what
+ * the shim changed, sets up stdio and execs. A failure is written into *sa.
+ */
+static int workload_child(void *arg)
 {
-    (void)sig;
+    struct spawn_args *sa = arg;
+    child_attach(sa->life_r);
+    if (sa->mnt_fd >= 0) {
+        if (setns(sa->mnt_fd, CLONE_NEWNS) != 0 || setns(sa->uts_fd, CLONE_NEWUTS) != 0) {
+            child_fail(sa, FAIL_NS, errno);
+        }
+        if (sa->spec->hostname[0] != '\0') {
+            if (sethostname(sa->spec->hostname, strlen(sa->spec->hostname)) != 0) {
+                /* Not fatal: the workload keeps the host's name. */
+            }
+        }
+    }
+    int rc = sa->cgroup_procs != NULL ? write_knob(sa->cgroup_procs, "0") : 0;
+    if (rc != 0) {
+        sa->cgroup_err = -rc;
+    }
+    /*
+     * exec resets caught signals; only ignored ones survive it, and the only
+     * one the shim ignores is SIGPIPE (main() reset every other disposition).
+     */
+    signal(SIGPIPE, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    setpgid(0, 0);
+    if (dup2(sa->devnull, STDIN_FILENO) < 0 || dup2(sa->out_w, STDOUT_FILENO) < 0 ||
+        dup2(sa->err_w, STDERR_FILENO) < 0) {
+        child_fail(sa, FAIL_SETUP, errno);
+    }
+    close_all_except(NULL, 0);
+    const char *cwd = sa->spec->cwd[0] != '\0' ? sa->spec->cwd : "/";
+    if (chdir(cwd) != 0) {
+        child_fail(sa, FAIL_CHDIR, errno);
+    }
+    exec_search(sa->spec->argv, sa->spec->env, sa->spec->path);
+    child_fail(sa, FAIL_EXEC, errno);
 }
 
 /*
- * PID 1 of the workload's namespace. The kernel drops signals sent to a
- * namespace's init unless it handles them, and someone must reap orphans, so
- * the workload runs as pid 2 under this small init (fork of the shim, never
- * exec'd): it forwards stop signals, reaps, and exits when the workload does,
- * handing its wait status to the shim through status_w. Its exit tears the
- * whole namespace down.
+ * Start the workload as a child of the shim the way posix_spawn does:
+ * clone(CLONE_VM | CLONE_VFORK), so no page tables are copied, and the shim
+ * resumes once the child has exec'd (past the point of no return) or given
+ * up, which sa->err_kind then says (the child is reaped then). Every signal
+ * is blocked around it, so no handler runs on the shared memory. Returns the
+ * child's pid, or -1 with errno.
  */
+static pid_t spawn_workload(struct spawn_args *sa, char *stack)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
+    sa->err_kind = sa->err_no = sa->cgroup_err = 0;
+    pid_t pid =
+        clone(workload_child, stack + SHIM_STACK_SIZE, CLONE_VM | CLONE_VFORK | SIGCHLD, sa);
+    int e = errno;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (pid > 0 && sa->err_kind != 0) {
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        }
+    }
+    errno = e;
+    return pid;
+}
+
+/*
+ * PID 1 of the workload's namespace, cloned ahead of time (while the shim is
+ * idle, or right before a restart) with new PID, mount and UTS namespaces.
+ * It makes mount propagation private and mounts the namespace's own /proc,
+ * then only reaps: the workload itself is the shim's child, created into
+ * these namespaces (setns), and orphans of the namespace come to init. The
+ * kernel drops signals to a namespace's init that it has no handler for,
+ * which is why the workload is never pid 1. When init dies (the shim kills it
+ * once the workload has ended, or the shim itself died: PDEATHSIG), the
+ * kernel kills whatever is left in the namespace.
+ */
+struct init_args {
+    int life_r;
+    int ready_w; /* init writes one byte here once the namespace is ready */
+    char *title; /* the shim's title slot, which init's copy of memory also has */
+    size_t title_cap;
+};
+
 static int init_main(void *arg)
 {
-    struct child_args *a = arg;
-    int keep[] = {a->life_r, a->report_w, a->out_w, a->err_w, a->status_w};
-    close_all_except(keep, 5);
-    child_attach(a);
+    const struct init_args *a = arg;
+    int keep[] = {a->life_r, a->ready_w};
+    close_all_except(keep, 2);
+    child_attach(a->life_r);
+    close(a->life_r);
+    title_set(a->title, a->title_cap, "(init)");
     /* Private propagation first, so the /proc mount never reaches the host. */
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0) {
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
     }
-    if (a->spec->hostname[0] != '\0') {
-        if (sethostname(a->spec->hostname, strlen(a->spec->hostname)) != 0) {
-            /* Not fatal: the workload keeps the host's name. */
-        }
-    }
-    static const int fwd[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH};
+    /* Ready: PDEATHSIG armed and /proc ours. Only now may the workload enter. */
+    ssize_t w = write(a->ready_w, "R", 1);
+    (void)w;
+    close(a->ready_w);
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGCHLD);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = init_noop_handler;
-    for (size_t i = 0; i < sizeof fwd / sizeof fwd[0]; i++) {
-        sigaction(fwd[i], &sa, NULL);
-        sigaddset(&set, fwd[i]);
-    }
     sigprocmask(SIG_BLOCK, &set, NULL);
-    int sfd = signalfd(-1, &set, SFD_CLOEXEC);
-    pid_t w = fork();
-    if (w == 0) {
-        if (sfd >= 0) {
-            close(sfd);
-        }
-        close(a->status_w);
-        workload_exec(a);
-    }
-    if (w < 0) {
-        child_report(a->report_w, REPORT_FORK, errno);
-        _exit(127);
-    }
-    close(a->report_w);
-    close(a->out_w);
-    close(a->err_w);
     for (;;) {
-        struct signalfd_siginfo si;
-        ssize_t n = sfd >= 0 ? read(sfd, &si, sizeof si) : -1;
-        if (n < 0 && errno == EINTR) {
-            continue;
+        siginfo_t si;
+        if (sigwaitinfo(&set, &si) < 0 && errno != EINTR) {
+            struct timespec ts = {1, 0};
+            nanosleep(&ts, NULL);
         }
-        if (n != (ssize_t)sizeof si) {
-            /* No signalfd: fall back to a plain wait (stop then needs the grace period). */
-            int st;
-            while (waitpid(w, &st, 0) < 0 && errno == EINTR) {
-            }
-            ssize_t wr = write(a->status_w, &st, sizeof st);
-            (void)wr;
-            _exit(0);
-        }
-        if (si.ssi_signo != SIGCHLD) {
-            kill(w, (int)si.ssi_signo);
-            continue;
-        }
-        int st;
-        pid_t p;
-        while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
-            if (p == w) {
-                ssize_t wr = write(a->status_w, &st, sizeof st);
-                (void)wr;
-                _exit(0);
-            }
+        while (waitpid(-1, NULL, WNOHANG) > 0) {
         }
     }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
 /* The supervisor.                                                           */
 
 enum shim_phase {
+    PHASE_IDLE,     /* pool mode: no instance yet */
     PHASE_RUN,      /* the workload runs */
     PHASE_BACKOFF,  /* waiting to restart it */
     PHASE_STOPPING, /* SIGTERM forwarded; SIGKILL at kill_at */
     PHASE_DONE,
 };
 
+/*
+ * A run prepared ahead of its start: pipes made and, with namespaces, init
+ * cloned and its namespaces opened for the workload to enter.
+ */
+struct shim_prep {
+    bool ready;
+    bool ns;
+    pid_t init;
+    int pid_fd; /* init's namespaces: /proc/<init>/ns/{pid,mnt,uts} */
+    int mnt_fd;
+    int uts_fd;
+    int out[2];
+    int err[2];
+    int life[2];
+};
+
 struct shim {
-    const char *dir;
+    char dir[SHIM_DIR_MAX + SHIM_ID_MAX + 2]; /* the instance's directory; "" while idle */
+    const char *pool_dir;                     /* pool mode: DATA/instances */
+    char *title;                              /* our title slot (title_set) */
+    size_t title_cap;
     char status_path[SHIM_FILE_PATH_MAX];
     char status_tmp[SHIM_FILE_PATH_MAX];
     char cgroup[SHIM_FILE_PATH_MAX];
-    int ready_fd;
+    char spare[SHIM_FILE_PATH_MAX]; /* pool mode: our pre-made, locked directory; "" if none */
+    int spare_lock;
+    int ctl_fd; /* pool mode: the driver's socket, until the start is answered */
     int sigfd;
     int lock_fd;
+    char *spec_text; /* the spec as received; kept for restarts in namespace mode */
+    size_t spec_len;
     struct shim_spec spec;
+    bool have_spec;
     struct shim_log logs[2];
-    char *stack;
+    char *stack;  /* the namespace init's stack */
+    char *vstack; /* the stack of the vfork-style child that becomes the workload */
+    int devnull;
+    int self_pidns; /* our own PID namespace, to point our children back at it */
+    struct shim_prep prep;
     /* Isolation in effect (docs/workloads.md, "isolation"). */
     bool ns;
     bool cg;
     bool memory_limit;
     bool cpu_limit;
     /* The current run. */
-    pid_t child;    /* our direct child: the namespace's init, or the workload */
-    pid_t workload; /* the exec'd command, as seen from here */
+    pid_t workload; /* the exec'd command (our child), as seen from here */
+    pid_t init;     /* namespace mode: the namespace's init (our child too) */
     int out_r;
     int err_r;
-    int status_r;
     enum shim_phase phase;
     int64_t run_started_mono;
     int64_t backoff_ms;
@@ -1161,6 +1334,7 @@ struct shim {
     int64_t kill_at_mono;
     bool killed;
     bool stop_requested;
+    bool stop_pending; /* SIGTERM came while the start was under way: stop once it runs */
     /* What status.json says. */
     const char *state;
     bool alive;
@@ -1169,27 +1343,29 @@ struct shim {
     int64_t restarts;
     int64_t started_at_ms;
     char error[SHIM_ERR_MAX];
+    /* Pool mode: when each step of the start ended (CLOCK_MONOTONIC, us), for shim.log. */
+    int64_t t_recv;  /* the start message was read */
+    int64_t t_taken; /* the instance's directory and lock are ours */
+    int64_t t_go;    /* the workload was told to start */
+    int64_t t_exec;  /* it exec'd */
 };
 
 /*
- * docs/workloads.md, "status.json": readers see the old or the new file,
- * never a torn one (rename). Only the last word is fsynced: the file
- * describes live processes, which a power loss kills anyway, and an fsync on
- * the start path costs milliseconds.
+ * status.json's content (docs/workloads.md), one line ending in a newline,
+ * into buf. Returns its length, or -1 when it does not fit.
  */
-static void status_write(struct shim *s, bool durable)
+static int status_format(const struct shim *s, char *buf, size_t size)
 {
     char err[SHIM_ERR_MAX * 2];
     char cg[SHIM_FILE_PATH_MAX + 64];
     char pids[96];
     char exitf[64];
-    char buf[SHIM_FILE_PATH_MAX + 1024];
     if (s->alive) {
         snprintf(pids, sizeof pids, "\"shim_pid\":%d,\"child_pid\":", (int)getpid());
         size_t o = strlen(pids);
-        if (s->child > 0) {
-            snprintf(pids + o, sizeof pids - o, "%d,\"workload_pid\":%d", (int)s->child,
-                     (int)s->workload);
+        if (s->workload > 0) {
+            snprintf(pids + o, sizeof pids - o, "%d,\"workload_pid\":%d",
+                     (int)(s->init > 0 ? s->init : s->workload), (int)s->workload);
         } else {
             snprintf(pids + o, sizeof pids - o, "null,\"workload_pid\":null");
         }
@@ -1217,52 +1393,133 @@ static void status_write(struct shim *s, bool durable)
     } else {
         snprintf(cg, sizeof cg, "null");
     }
-    int n = snprintf(buf, sizeof buf,
-                     "{\"version\":1,%s,\"state\":\"%s\",%s,\"restarts\":%lld,"
-                     "\"backoff_ms\":%lld,\"started_at_ms\":%lld,\"updated_at_ms\":%lld,"
-                     "\"error\":%s,\"isolation\":{\"pid_ns\":%s,\"mount_ns\":%s,\"uts_ns\":%s,"
-                     "\"cgroup\":%s,\"memory_limit\":%s,\"cpu_limit\":%s}}\n",
-                     pids, s->state, exitf, (long long)s->restarts, (long long)s->backoff_ms,
-                     (long long)s->started_at_ms, (long long)wall_ms(), err,
-                     s->ns ? "true" : "false", s->ns ? "true" : "false", s->ns ? "true" : "false",
-                     cg, s->memory_limit ? "true" : "false", s->cpu_limit ? "true" : "false");
-    if (n < 0 || (size_t)n >= sizeof buf) {
+    int n =
+        snprintf(buf, size,
+                 "{\"version\":1,\"writer_pid\":%d,%s,\"state\":\"%s\",%s,\"restarts\":%lld,"
+                 "\"backoff_ms\":%lld,\"started_at_ms\":%lld,\"updated_at_ms\":%lld,"
+                 "\"error\":%s,\"isolation\":{\"pid_ns\":%s,\"mount_ns\":%s,\"uts_ns\":%s,"
+                 "\"cgroup\":%s,\"memory_limit\":%s,\"cpu_limit\":%s}}\n",
+                 (int)getpid(), pids, s->state, exitf, (long long)s->restarts,
+                 (long long)s->backoff_ms, (long long)s->started_at_ms, (long long)wall_ms(), err,
+                 s->ns ? "true" : "false", s->ns ? "true" : "false", s->ns ? "true" : "false", cg,
+                 s->memory_limit ? "true" : "false", s->cpu_limit ? "true" : "false");
+    return n < 0 || (size_t)n >= size ? -1 : n;
+}
+
+/* Replace path atomically with data: temporary file, optional fsync, rename. */
+static int file_replace(const char *path, const char *tmp, const char *data, size_t len,
+                        bool durable)
+{
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        return -1;
+    }
+    if (write_all(fd, data, len) != 0 || (durable && fsync(fd) != 0)) {
+        int e = errno;
+        close(fd);
+        unlink(tmp);
+        errno = e;
+        return -1;
+    }
+    close(fd);
+    return rename(tmp, path);
+}
+
+/*
+ * docs/workloads.md, "status.json": readers see the old or the new file,
+ * never a torn one (rename). Only the last word is fsynced: the file
+ * describes live processes, which a power loss kills anyway, and an fsync on
+ * the start path costs milliseconds.
+ */
+static void status_write(struct shim *s, bool durable)
+{
+    char buf[SHIM_FILE_PATH_MAX + 1024];
+    int n = status_format(s, buf, sizeof buf);
+    if (n < 0) {
         logf_shim("status_too_long");
         return;
     }
-    int fd = open(s->status_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
+    if (file_replace(s->status_path, s->status_tmp, buf, (size_t)n, durable) != 0) {
         logf_shim("status_write_failed errno=%d", errno);
-        return;
-    }
-    if (write_all(fd, buf, (size_t)n) != 0 || (durable && fsync(fd) != 0)) {
-        logf_shim("status_write_failed errno=%d", errno);
-        close(fd);
-        return;
-    }
-    close(fd);
-    if (rename(s->status_tmp, s->status_path) != 0) {
-        logf_shim("status_rename_failed errno=%d", errno);
     }
 }
 
-/* Tell archipel-edge how the start went: "OK <shim pid>" or "ERR <kind> <message>". */
-static void ready_send(struct shim *s, const char *kind, const char *msg)
+/*
+ * Answer the driver's start (pool mode): "OK <status.json line>" once the
+ * workload has exec'd, or "ERR <spec|exec|busy|internal> <message>". The
+ * socket is closed afterwards: the driver has no further say.
+ */
+static void reply_send(struct shim *s, const char *kind, const char *msg)
 {
-    if (s->ready_fd < 0) {
+    if (s->ctl_fd < 0) {
         return;
     }
-    char line[SHIM_ERR_MAX + 64];
+    char line[SHIM_FILE_PATH_MAX + 1100];
     if (kind == NULL) {
-        snprintf(line, sizeof line, "OK %d\n", (int)getpid());
+        memcpy(line, "OK ", 3);
+        if (status_format(s, line + 3, sizeof line - 3) < 0) {
+            snprintf(line, sizeof line, "ERR internal status too long\n");
+        }
     } else {
-        snprintf(line, sizeof line, "ERR %s %s\n", kind, msg);
+        char m[SHIM_ERR_MAX];
+        json_escape(m, sizeof m, msg); /* one line, ASCII */
+        snprintf(line, sizeof line, "ERR %s %s\n", kind, m);
     }
-    if (write_all(s->ready_fd, line, strlen(line)) != 0) {
-        logf_shim("ready_write_failed errno=%d", errno);
+    if (write_all(s->ctl_fd, line, strlen(line)) != 0) {
+        logf_shim("reply_write_failed errno=%d", errno);
     }
-    close(s->ready_fd);
-    s->ready_fd = -1;
+    close_fd(&s->ctl_fd);
+}
+
+/* Make DIR/shim.log our stderr (truncated past SHIM_SHIM_LOG_MAX). */
+static void shim_log_open(const char *dir)
+{
+    char path[SHIM_FILE_PATH_MAX];
+    snprintf(path, sizeof path, "%s/shim.log", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        return;
+    }
+    struct stat st;
+    if (fstat(fd, &st) == 0 && st.st_size > SHIM_SHIM_LOG_MAX) {
+        if (ftruncate(fd, 0) != 0) {
+            /* An oversized shim.log is harmless. */
+        }
+    }
+    dup2(fd, STDERR_FILENO);
+    close(fd);
+}
+
+/*
+ * Take DIR/shim.lock: a POSIX record lock, released by the kernel when this
+ * process ends. The driver asks the kernel who holds it (F_GETLK), which is
+ * how it finds a live shim and its pid. Returns the descriptor, or -1 with
+ * errno (EAGAIN or EACCES: another process holds it).
+ */
+static int lock_take(const char *dir)
+{
+    char path[SHIM_FILE_PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/shim.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        return -1;
+    }
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    if (fcntl(fd, F_SETLK, &fl) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+static bool lock_busy(int e)
+{
+    return e == EAGAIN || e == EACCES;
 }
 
 static void cgroup_setup(struct shim *s)
@@ -1307,6 +1564,26 @@ static void cgroup_setup(struct shim *s)
     }
 }
 
+/*
+ * Move the namespace's init into the instance's cgroup too, so that all of
+ * the instance is accounted there (the workload joined by itself before its
+ * exec; init was cloned before the group existed). Not on the start path.
+ */
+static void cgroup_add_init(struct shim *s)
+{
+    if (!s->cg || s->init <= 0) {
+        return;
+    }
+    char knob[SHIM_FILE_PATH_MAX + 32];
+    char val[32];
+    snprintf(knob, sizeof knob, "%s/cgroup.procs", s->cgroup);
+    snprintf(val, sizeof val, "%d", (int)s->init);
+    int rc = write_knob(knob, val);
+    if (rc != 0) {
+        logf_shim("cgroup_init_join_failed errno=%d", -rc);
+    }
+}
+
 static void cgroup_remove(struct shim *s)
 {
     if (!s->cg) {
@@ -1324,166 +1601,196 @@ static void cgroup_remove(struct shim *s)
     }
 }
 
-static void close_fd(int *fd)
+/* s->error from the reason the workload's side gave up before exec. */
+static void child_error(struct shim *s, int kind, int err)
 {
-    if (*fd >= 0) {
-        close(*fd);
-        *fd = -1;
+    switch (kind) {
+    case FAIL_CHDIR:
+        snprintf(s->error, sizeof s->error, "chdir '%.200s': %s", s->spec.cwd, strerror(err));
+        break;
+    case FAIL_EXEC:
+        snprintf(s->error, sizeof s->error, "exec '%.200s': %s", s->spec.argv[0], strerror(err));
+        break;
+    case FAIL_NS:
+        snprintf(s->error, sizeof s->error, "enter namespaces: %s", strerror(err));
+        break;
+    default:
+        snprintf(s->error, sizeof s->error, "stdio setup: %s", strerror(err));
+        break;
     }
 }
 
-static const char *report_what(int kind)
+static void prep_close(struct shim_prep *p)
 {
-    switch (kind) {
-    case REPORT_SETUP:
-        return "stdio setup";
-    case REPORT_CHDIR:
-        return "chdir";
-    case REPORT_FORK:
-        return "fork";
-    default:
-        return "exec";
+    int *fds[] = {&p->pid_fd, &p->mnt_fd, &p->uts_fd,  &p->out[0], &p->out[1],
+                  &p->err[0], &p->err[1], &p->life[0], &p->life[1]};
+    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++) {
+        close_fd(fds[i]);
     }
+    p->ready = false;
+}
+
+static void prep_reset(struct shim_prep *p)
+{
+    memset(p, 0, sizeof *p);
+    p->pid_fd = p->mnt_fd = p->uts_fd = -1;
+    for (int i = 0; i < 2; i++) {
+        p->out[i] = p->err[i] = p->life[i] = -1;
+    }
+}
+
+/* Kill and reap a namespace's init: the kernel then kills what is left in the namespace. */
+static void init_end(pid_t init)
+{
+    if (init > 0) {
+        kill(init, SIGKILL);
+        while (waitpid(init, NULL, 0) < 0 && errno == EINTR) {
+        }
+    }
+}
+
+/* Drop a prepared run that will not be used (its init, if any, ends). */
+static void prep_discard(struct shim *s)
+{
+    struct shim_prep *p = &s->prep;
+    if (p->ns) {
+        init_end(p->init);
+    }
+    prep_close(p);
+    prep_reset(p);
+}
+
+/* Open /proc/<pid>/ns/<name>. */
+static int ns_open(pid_t pid, const char *name)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/ns/%s", (int)pid, name);
+    return open(path, O_RDONLY | O_CLOEXEC);
 }
 
 /*
- * Start one run of the workload. Returns 0 once it has exec'd, or -1 with
- * s->error set (the child, if any, is reaped).
+ * Prepare the next run ahead of its start: pipes for stdout and stderr and
+ * the life pipe and, with namespaces, the namespace's init, cloned now with
+ * its namespaces opened for the workload to enter. A clone refused (EPERM in
+ * an unprivileged container, ...) falls back to plain mode for good.
+ * Returns 0, or -1 with s->error.
  */
-static int workload_start(struct shim *s)
+static int run_prepare(struct shim *s)
 {
-    int out[2] = {-1, -1}, err[2] = {-1, -1}, rep[2] = {-1, -1}, life[2] = {-1, -1};
-    int stat[2] = {-1, -1};
-    pid_t pid = -1;
-    if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0 || pipe2(life, O_CLOEXEC) != 0 ||
-        pipe2(stat, O_CLOEXEC) != 0 ||
-        socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, rep) != 0) {
+    struct shim_prep *p = &s->prep;
+    prep_reset(p);
+    if (pipe2(p->out, O_CLOEXEC) != 0 || pipe2(p->err, O_CLOEXEC) != 0 ||
+        pipe2(p->life, O_CLOEXEC) != 0) {
         snprintf(s->error, sizeof s->error, "pipe: %s", strerror(errno));
-        goto fail;
+        prep_close(p);
+        return -1;
     }
-    int one = 1;
-    setsockopt(rep[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
-    char procs[SHIM_FILE_PATH_MAX + 32];
-    snprintf(procs, sizeof procs, "%s/cgroup.procs", s->cgroup);
-    struct child_args a = {&s->spec, s->cg ? procs : NULL, life[0], rep[1], out[1], err[1],
-                           stat[1]};
+    int ready[2];
+    if (s->ns && pipe2(ready, O_CLOEXEC) != 0) {
+        snprintf(s->error, sizeof s->error, "pipe: %s", strerror(errno));
+        prep_close(p);
+        return -1;
+    }
     if (s->ns) {
-        pid = clone(init_main, s->stack + SHIM_STACK_SIZE,
-                    CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | SIGCHLD, &a);
+        struct init_args a = {p->life[0], ready[1], s->title, s->title_cap};
+        pid_t pid = clone(init_main, s->stack + SHIM_STACK_SIZE,
+                          CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | SIGCHLD, &a);
+        int e = errno;
+        close(ready[1]);
+        char c = 0;
+        if (pid > 0) {
+            /* Bounded: init only mounts /proc; it hangs up if it dies first. */
+            struct pollfd pfd = {ready[0], POLLIN, 0};
+            if (poll(&pfd, 1, SHIM_EXEC_WAIT_MS) != 1 || read(ready[0], &c, 1) != 1) {
+                c = 0;
+            }
+        }
+        close(ready[0]);
         if (pid < 0) {
             /* docs/workloads.md: no namespaces allowed here; run it as a plain child. */
-            logf_shim("namespaces_unavailable errno=%d", errno);
+            logf_shim("namespaces_unavailable errno=%d", e);
             s->ns = false;
+        } else {
+            p->init = pid;
+            p->pid_fd = ns_open(pid, "pid");
+            p->mnt_fd = ns_open(pid, "mnt");
+            p->uts_fd = ns_open(pid, "uts");
+            if (c != 'R' || p->pid_fd < 0 || p->mnt_fd < 0 || p->uts_fd < 0 || s->self_pidns < 0) {
+                logf_shim("namespaces_unavailable errno=%d ready=%d", errno, c == 'R');
+                init_end(pid);
+                close_fd(&p->pid_fd);
+                close_fd(&p->mnt_fd);
+                close_fd(&p->uts_fd);
+                s->ns = false;
+            } else {
+                p->ns = true;
+            }
         }
     }
-    if (!s->ns) {
-        pid = fork();
-        if (pid == 0) {
-            close(life[1]);
-            child_attach(&a);
-            workload_exec(&a);
-        }
-        if (pid > 0) {
-            setpgid(pid, pid);
-        }
+    p->ready = true;
+    return 0;
+}
+
+/*
+ * Start the prepared run: the workload becomes our child by a vfork-style
+ * spawn, in plain mode directly, with namespaces inside init's (our
+ * children's PID namespace points at init's for that one clone). Returns 0
+ * once the workload has exec'd, or -1 with s->error set (nothing of the run
+ * is left). The preparation is used up either way.
+ */
+static int run_go(struct shim *s)
+{
+    struct shim_prep *p = &s->prep;
+    if (!p->ready && run_prepare(s) != 0) {
+        return -1;
     }
-    if (pid < 0) {
-        snprintf(s->error, sizeof s->error, "fork: %s", strerror(errno));
+    s->t_go = mono_us();
+    char procs[SHIM_FILE_PATH_MAX + 32];
+    snprintf(procs, sizeof procs, "%s/cgroup.procs", s->cgroup);
+    struct spawn_args sa = {&s->spec,
+                            s->cg ? procs : NULL,
+                            p->life[0],
+                            s->devnull,
+                            p->out[1],
+                            p->err[1],
+                            p->ns ? p->mnt_fd : -1,
+                            p->ns ? p->uts_fd : -1,
+                            0,
+                            0,
+                            0};
+    if (p->ns && setns(p->pid_fd, CLONE_NEWPID) != 0) {
+        snprintf(s->error, sizeof s->error, "enter namespaces: %s", strerror(errno));
         goto fail;
     }
-    close_fd(&life[0]);
-    close_fd(&rep[1]);
-    close_fd(&out[1]);
-    close_fd(&err[1]);
-    close_fd(&stat[1]);
-
-    /* Wait for the exec: the socket reaches EOF when the workload's copy closes on exec. */
-    pid_t workload = 0;
-    bool about_to_exec = false;
-    int cgroup_err = 0;
-    int64_t deadline = mono_ms() + SHIM_EXEC_WAIT_MS;
-    for (;;) {
-        struct pollfd pfd = {rep[0], POLLIN, 0};
-        int64_t left = deadline - mono_ms();
-        if (left <= 0) {
-            snprintf(s->error, sizeof s->error, "workload did not exec within %d ms",
-                     SHIM_EXEC_WAIT_MS);
-            goto fail_child;
-        }
-        int pr = poll(&pfd, 1, (int)left);
-        if (pr < 0 && errno == EINTR) {
-            continue;
-        }
-        if (pr <= 0) {
-            continue;
-        }
-        struct report r;
-        union {
-            struct cmsghdr h;
-            char buf[CMSG_SPACE(sizeof(struct ucred))];
-        } ctl;
-        struct iovec iov = {&r, sizeof r};
-        struct msghdr msg;
-        memset(&msg, 0, sizeof msg);
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctl.buf;
-        msg.msg_controllen = sizeof ctl.buf;
-        ssize_t n = recvmsg(rep[0], &msg, MSG_CMSG_CLOEXEC);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n == 0 || n < 0) {
-            break;
-        }
-        if (n != (ssize_t)sizeof r) {
-            continue;
-        }
-        if (r.kind == REPORT_CGROUP) {
-            cgroup_err = r.err;
-            continue;
-        }
-        if (r.kind == REPORT_PID) {
-            about_to_exec = true;
-            for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
-                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
-                    struct ucred cr;
-                    memcpy(&cr, CMSG_DATA(c), sizeof cr);
-                    workload = cr.pid;
-                }
-            }
-            continue;
-        }
-        if (r.kind == REPORT_CHDIR) {
-            snprintf(s->error, sizeof s->error, "chdir '%.200s': %s", s->spec.cwd, strerror(r.err));
-        } else if (r.kind == REPORT_EXEC) {
-            snprintf(s->error, sizeof s->error, "exec '%.200s': %s", s->spec.argv[0],
-                     strerror(r.err));
-        } else {
-            snprintf(s->error, sizeof s->error, "%s: %s", report_what(r.kind), strerror(r.err));
-        }
-        goto fail_child;
+    pid_t pid = spawn_workload(&sa, s->vstack);
+    int e = errno;
+    if (p->ns && setns(s->self_pidns, CLONE_NEWPID) != 0) {
+        /* Cannot happen (our own namespace); the next init would then nest in this one. */
+        logf_shim("pidns_restore_failed errno=%d", errno);
     }
-    if (!about_to_exec) {
-        snprintf(s->error, sizeof s->error, "workload exited before exec");
-        goto fail_child;
+    if (pid < 0) {
+        snprintf(s->error, sizeof s->error, "fork: %s", strerror(e));
+        goto fail;
     }
-    if (workload <= 0) {
-        workload = pid; /* no credentials came: only the plain mode can get here */
+    if (sa.err_kind != 0) {
+        child_error(s, sa.err_kind, sa.err_no); /* the child is reaped already */
+        goto fail;
     }
-    close_fd(&rep[0]);
-    close_fd(&life[1]);
-    if (cgroup_err != 0) {
-        logf_shim("cgroup_join_failed path=%s errno=%d", s->cgroup, cgroup_err);
+    s->t_exec = mono_us();
+    if (sa.cgroup_err != 0) {
+        logf_shim("cgroup_join_failed path=%s errno=%d", s->cgroup, sa.cgroup_err);
         s->cg = s->memory_limit = s->cpu_limit = false;
     }
-    fcntl(out[0], F_SETFL, O_NONBLOCK);
-    fcntl(err[0], F_SETFL, O_NONBLOCK);
-    s->child = pid;
-    s->workload = workload;
-    s->out_r = out[0];
-    s->err_r = err[0];
-    s->status_r = stat[0];
+    fcntl(p->out[0], F_SETFL, O_NONBLOCK);
+    fcntl(p->err[0], F_SETFL, O_NONBLOCK);
+    s->workload = pid;
+    s->init = p->ns ? p->init : 0;
+    s->out_r = p->out[0];
+    s->err_r = p->err[0];
+    /* Exec'd: the child has PDEATHSIG armed, so the life pipe has done its job. */
+    p->out[0] = p->err[0] = -1;
+    prep_close(p);
+    prep_reset(p);
     s->phase = PHASE_RUN;
     s->run_started_mono = mono_ms();
     s->started_at_ms = wall_ms();
@@ -1493,21 +1800,8 @@ static int workload_start(struct shim *s)
     s->state = "running";
     return 0;
 
-fail_child:
-    kill(pid, SIGKILL);
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
-    }
 fail:
-    close_fd(&out[0]);
-    close_fd(&out[1]);
-    close_fd(&err[0]);
-    close_fd(&err[1]);
-    close_fd(&rep[0]);
-    close_fd(&rep[1]);
-    close_fd(&life[0]);
-    close_fd(&life[1]);
-    close_fd(&stat[0]);
-    close_fd(&stat[1]);
+    prep_discard(s);
     return -1;
 }
 
@@ -1533,12 +1827,15 @@ static void pump(struct shim *s, int which, int max_reads)
 
 static void signal_workload(struct shim *s, int sig)
 {
-    if (s->child <= 0) {
+    if (s->workload <= 0) {
         return;
     }
-    /* Namespace: init forwards (SIGKILL takes the whole namespace). Plain: its process group. */
-    if (s->ns || kill(-s->child, sig) != 0) {
-        kill(s->child, sig);
+    /* Its process group (it made one); SIGKILL to init takes the whole namespace. */
+    if (kill(-s->workload, sig) != 0) {
+        kill(s->workload, sig);
+    }
+    if (sig == SIGKILL && s->init > 0) {
+        kill(s->init, SIGKILL);
     }
 }
 
@@ -1548,8 +1845,9 @@ static void finish(struct shim *s, const char *state)
     cgroup_remove(s);
     s->state = state;
     s->alive = false;
-    s->child = 0;
     s->workload = 0;
+    init_end(s->init);
+    s->init = 0;
     s->phase = PHASE_DONE;
     status_write(s, true);
     logf_shim("shim_exit state=%s", state);
@@ -1558,28 +1856,24 @@ static void finish(struct shim *s, const char *state)
 static void restart_now(struct shim *s)
 {
     s->restarts++;
-    if (workload_start(s) != 0) {
+    if (run_go(s) != 0) {
         logf_shim("restart_failed error=\"%s\"", s->error);
         finish(s, "failed");
         return;
     }
+    cgroup_add_init(s);
     status_write(s, false);
 }
 
 static void on_workload_exit(struct shim *s, int wst)
 {
-    if (s->status_r >= 0) {
-        int st;
-        if (read(s->status_r, &st, sizeof st) == (ssize_t)sizeof st) {
-            wst = st; /* the workload's own status, relayed by the namespace's init */
-        }
-        close_fd(&s->status_r);
-    }
+    /* docs/workloads.md: whatever the workload left in its namespace goes with init. */
+    init_end(s->init);
+    s->init = 0;
     pump(s, 0, 64);
     pump(s, 1, 64);
     close_fd(&s->out_r);
     close_fd(&s->err_r);
-    s->child = 0;
     s->workload = 0;
     s->exit_code = WIFEXITED(wst) ? WEXITSTATUS(wst) : -1;
     s->exit_signal = WIFSIGNALED(wst) ? WTERMSIG(wst) : 0;
@@ -1614,10 +1908,12 @@ static void reap(struct shim *s)
     int wst;
     pid_t p;
     while ((p = waitpid(-1, &wst, WNOHANG)) > 0) {
-        if (p == s->child) {
+        if (p == s->workload) {
             on_workload_exit(s, wst);
+        } else if (p == s->init) {
+            s->init = 0; /* killed from outside: the kernel killed the workload with it */
         }
-        /* Other pids are the workload's orphans: we are their subreaper. */
+        /* Other pids are the workload's orphans (plain mode): we are their subreaper. */
     }
 }
 
@@ -1846,6 +2142,7 @@ static int probe(const char *cgroup_parent)
 /* ------------------------------------------------------------------------ */
 /* Start-up.                                                                 */
 
+/* DIR/spec.json into s->spec_text (manual mode). Returns 0, or -1 with err. */
 static int read_spec(struct shim *s, char *err, size_t errsz)
 {
     char path[SHIM_FILE_PATH_MAX];
@@ -1886,47 +2183,416 @@ static int read_spec(struct shim *s, char *err, size_t errsz)
         used += (size_t)n;
     }
     close(fd);
+    s->spec_text = buf;
+    s->spec_len = used;
+    return 0;
+}
+
+/* Decode s->spec_text. Returns 0, or -1 with err ("spec.json: ..."). */
+static int decode_spec(struct shim *s, char *err, size_t errsz)
+{
     char perr[SHIM_ERR_MAX];
-    int rc = shim_spec_parse(buf, used, &s->spec, perr, sizeof perr);
-    free(buf);
-    if (rc != 0) {
+    if (shim_spec_parse(s->spec_text, s->spec_len, &s->spec, perr, sizeof perr) != 0) {
         snprintf(err, errsz, "spec.json: %.240s", perr);
         return -1;
     }
+    s->have_spec = true;
     return 0;
+}
+
+/* The instance directory is known: name its files. */
+static void set_dir(struct shim *s, const char *dir)
+{
+    snprintf(s->dir, sizeof s->dir, "%s", dir);
+    snprintf(s->status_path, sizeof s->status_path, "%s/status.json", dir);
+    snprintf(s->status_tmp, sizeof s->status_tmp, "%s/status.json.tmp", dir);
+}
+
+static void logs_open(struct shim *s)
+{
+    for (int i = 0; i < 2; i++) {
+        struct shim_log *l = &s->logs[i];
+        const char *name = i == 0 ? "stdout" : "stderr";
+        char path[sizeof l->path];
+        l->cap = s->spec.log_max_bytes;
+        /* Through a local buffer: some compilers cannot tell s->dir and l->path apart. */
+        snprintf(path, sizeof path, "%s/%s.log", s->dir, name);
+        memcpy(l->path, path, sizeof path);
+        snprintf(path, sizeof path, "%s/%s.log.1", s->dir, name);
+        memcpy(l->old, path, sizeof path);
+        if (log_open(l) != 0) {
+            logf_shim("log_open_failed path=%s errno=%d", l->path, errno);
+        }
+    }
+}
+
+/* Remove our spare directory (pool mode), unless it became the instance's. */
+static void spare_remove(struct shim *s)
+{
+    if (s->spare[0] == '\0') {
+        return;
+    }
+    char path[SHIM_FILE_PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/shim.lock", s->spare);
+    unlink(path);
+    rmdir(s->spare);
+    close_fd(&s->spare_lock);
+    s->spare[0] = '\0';
+}
+
+/*
+ * Make the spare directory POOL/.idle-<pid> and lock it ahead of time, so
+ * that taking a new instance costs one rename instead of a mkdir, a file
+ * creation and a lock (docs/workloads.md). Failing here only slows the start.
+ */
+static void spare_make(struct shim *s)
+{
+    s->spare_lock = -1;
+    int n = snprintf(s->spare, sizeof s->spare, "%s/.idle-%d", s->pool_dir, (int)getpid());
+    if (n < 0 || (size_t)n >= sizeof s->spare || mkdir(s->spare, 0755) != 0) {
+        s->spare[0] = '\0';
+        return;
+    }
+    s->spare_lock = lock_take(s->spare);
+    if (s->spare_lock < 0) {
+        rmdir(s->spare);
+        s->spare[0] = '\0';
+    }
+}
+
+/*
+ * Take the instance's directory and its lock: rename the spare directory
+ * into place when the instance has none yet (the lock moves with it), else
+ * lock the existing one. Returns 0, or -1 with errno (EAGAIN/EACCES: another
+ * shim holds it).
+ */
+static int instance_take(struct shim *s)
+{
+    if (s->spare[0] != '\0' &&
+        renameat2(AT_FDCWD, s->spare, AT_FDCWD, s->dir, RENAME_NOREPLACE) == 0) {
+        s->lock_fd = s->spare_lock;
+        s->spare_lock = -1;
+        s->spare[0] = '\0';
+        return 0;
+    }
+    if (mkdir(s->dir, 0755) != 0 && errno != EEXIST) {
+        return -1;
+    }
+    s->lock_fd = lock_take(s->dir);
+    return s->lock_fd >= 0 ? 0 : -1;
+}
+
+/* Release the instance: the driver then sees no live shim. */
+static void instance_release(struct shim *s)
+{
+    close_fd(&s->lock_fd);
+}
+
+/* Write spec.json beside status.json, for whoever inspects the instance (pool mode). */
+static void spec_file_write(struct shim *s)
+{
+    char path[SHIM_FILE_PATH_MAX + 16];
+    char tmp[SHIM_FILE_PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/spec.json", s->dir);
+    snprintf(tmp, sizeof tmp, "%s/spec.json.tmp", s->dir);
+    if (file_replace(path, tmp, s->spec_text, s->spec_len, false) != 0) {
+        logf_shim("spec_write_failed errno=%d", errno);
+    }
+}
+
+/*
+ * Wait (pool mode) for the driver's start: "START <len>\n" and the spec.
+ * Returns 0 with s->spec_text set, 1 when the driver went away or we are
+ * told to leave, -1 on a protocol error (with err).
+ */
+static int pool_wait(struct shim *s, char *err, size_t errsz)
+{
+    char hdr[SHIM_CTL_HEADER_MAX];
+    size_t have = 0;
+    size_t hdr_len = 0;
+    size_t body_len = 0;
+    char *body = NULL;
+    size_t got = 0;
+    int64_t deadline = -1;
+    for (;;) {
+        int timeout = -1;
+        if (deadline >= 0) {
+            int64_t left = deadline - mono_ms();
+            if (left <= 0) {
+                snprintf(err, errsz, "start message incomplete after %d ms", SHIM_CTL_WAIT_MS);
+                free(body);
+                return -1;
+            }
+            timeout = (int)left;
+        }
+        struct pollfd pfd[2] = {{s->ctl_fd, POLLIN, 0}, {s->sigfd, POLLIN, 0}};
+        int n = poll(pfd, 2, timeout);
+        if (n < 0 && errno != EINTR) {
+            snprintf(err, errsz, "poll: %s", strerror(errno));
+            free(body);
+            return -1;
+        }
+        if (n > 0 && pfd[1].revents != 0) {
+            struct signalfd_siginfo si;
+            bool leave = false;
+            while (read(s->sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
+                if (si.ssi_signo == SIGCHLD) {
+                    /* Our prepared init died: the driver spawns another shim. */
+                    leave = leave || waitpid(-1, NULL, WNOHANG) > 0;
+                } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+                    s->stop_pending = true;
+                }
+            }
+            /*
+             * A stop for a start we have (its first bytes are here) is carried out once the
+             * workload runs; an idle shim told to stop just leaves.
+             */
+            struct pollfd c = {s->ctl_fd, POLLIN, 0};
+            if (s->stop_pending && body == NULL && have == 0 && poll(&c, 1, 0) <= 0) {
+                leave = true;
+            }
+            if (leave) {
+                free(body);
+                return 1;
+            }
+        }
+        if (n <= 0 || pfd[0].revents == 0) {
+            continue;
+        }
+        ssize_t r;
+        if (body == NULL) {
+            r = read(s->ctl_fd, hdr + have, sizeof hdr - have);
+        } else {
+            r = read(s->ctl_fd, body + got, body_len - got);
+        }
+        if (r < 0 && (errno == EINTR || errno == EAGAIN)) {
+            continue;
+        }
+        if (r <= 0) {
+            bool nothing = body == NULL && have == 0;
+            free(body);
+            if (nothing) {
+                return 1; /* the driver closed its end: it went away while we were idle */
+            }
+            snprintf(err, errsz, "start message cut short");
+            return -1;
+        }
+        deadline = mono_ms() + SHIM_CTL_WAIT_MS;
+        if (body != NULL) {
+            got += (size_t)r;
+        } else {
+            have += (size_t)r;
+            int h = shim_ctl_header(hdr, have, &hdr_len, &body_len);
+            if (h < 0) {
+                snprintf(err, errsz, "bad start message header");
+                return -1;
+            }
+            if (h > 0) {
+                continue;
+            }
+            body = malloc(body_len);
+            if (body == NULL) {
+                snprintf(err, errsz, "out of memory");
+                return -1;
+            }
+            got = have - hdr_len < body_len ? have - hdr_len : body_len;
+            memcpy(body, hdr + hdr_len, got);
+        }
+        if (got == body_len) {
+            s->t_recv = mono_us();
+            s->spec_text = body;
+            s->spec_len = body_len;
+            return 0;
+        }
+    }
+}
+
+/* Everything after the exec: files, logs, then supervise until the end. */
+static int instance_run(struct shim *s)
+{
+    cgroup_add_init(s);
+    status_write(s, false);
+    logs_open(s);
+    if (s->stop_pending) {
+        request_stop(s);
+    }
+    supervise(s);
+    return 0;
+}
+
+/*
+ * The workload could not start (bad spec, exec or chdir): record "failed"
+ * with the reason, then let go of the instance.
+ */
+static void instance_failed(struct shim *s, const char *what)
+{
+    logf_shim("%s error=\"%s\"", what, s->error);
+    prep_discard(s);
+    finish(s, "failed");
+    instance_release(s);
+}
+
+/*
+ * Pool mode (spawned idle by the driver): prepare everything that does not
+ * depend on the instance, then wait for the spec on ctl_fd, start it and
+ * answer.
+ */
+static int pool_main(struct shim *s, bool want_ns)
+{
+    s->ns = want_ns;
+    spare_make(s);
+    if (s->ns && (s->stack = stack_new()) == NULL) {
+        s->ns = false;
+    }
+    if (run_prepare(s) != 0) {
+        /* Pipes failed: nothing to prepare now; the start tries again. */
+        logf_shim("prepare_failed error=\"%s\"", s->error);
+        s->error[0] = '\0';
+    }
+    touch_resident();
+    s->phase = PHASE_IDLE;
+    char err[SHIM_ERR_MAX];
+    int rc = pool_wait(s, err, sizeof err);
+    if (rc != 0) {
+        prep_discard(s);
+        spare_remove(s);
+        if (rc < 0) {
+            reply_send(s, "internal", err);
+            return 1;
+        }
+        return 0;
+    }
+    if (decode_spec(s, err, sizeof err) != 0) {
+        prep_discard(s);
+        spare_remove(s);
+        reply_send(s, "spec", err);
+        return 2;
+    }
+    char dir[sizeof s->dir];
+    snprintf(dir, sizeof dir, "%s/%s", s->pool_dir, s->spec.id);
+    set_dir(s, dir);
+    title_set(s->title, s->title_cap, dir);
+    if (s->spec.namespaces != s->prep.ns) {
+        /* Prepared for the other mode: redo it for this spec. */
+        prep_discard(s);
+        s->ns = s->spec.namespaces && (s->stack != NULL || (s->stack = stack_new()) != NULL);
+    }
+    /* docs/workloads.md: one shim per instance; a second one leaves at once. */
+    if (instance_take(s) != 0) {
+        int e = errno;
+        prep_discard(s);
+        spare_remove(s);
+        snprintf(err, sizeof err, "%s",
+                 lock_busy(e) ? "another shim runs this instance" : strerror(e));
+        if (!lock_busy(e)) {
+            shim_log_open(s->dir);
+            logf_shim("lock_failed error=\"%s\"", err);
+        }
+        reply_send(s, lock_busy(e) ? "busy" : "internal", err);
+        return 3;
+    }
+    s->t_taken = mono_us();
+    cgroup_setup(s);
+    if (run_go(s) != 0) {
+        shim_log_open(s->dir);
+        char msg[SHIM_ERR_MAX];
+        snprintf(msg, sizeof msg, "%s", s->error);
+        instance_failed(s, "start_failed");
+        spec_file_write(s);
+        spare_remove(s);
+        reply_send(s, "exec", msg);
+        return 1;
+    }
+    /* Answer first: everything below is off the start's critical path. */
+    reply_send(s, NULL, NULL);
+    int64_t t_reply = mono_us();
+    shim_log_open(s->dir);
+    /* How the start went, step by step (CLOCK_MONOTONIC; edge-start-bench reads exec_mono_us). */
+    logf_shim("shim_start dir=%s workload_pid=%d namespaces=%d recv_mono_us=%lld "
+              "exec_mono_us=%lld take_us=%lld setup_us=%lld spawn_us=%lld reply_us=%lld",
+              s->dir, (int)s->workload, s->ns, (long long)s->t_recv, (long long)s->t_exec,
+              (long long)(s->t_taken - s->t_recv), (long long)(s->t_go - s->t_taken),
+              (long long)(s->t_exec - s->t_go), (long long)(t_reply - s->t_exec));
+    spare_remove(s);
+    spec_file_write(s);
+    return instance_run(s);
+}
+
+/* Manual mode: `archipel-shim --dir DIR` runs DIR/spec.json. */
+static int manual_main(struct shim *s, const char *dir)
+{
+    set_dir(s, dir);
+    title_set(s->title, s->title_cap, dir);
+    shim_log_open(dir);
+    /* docs/workloads.md: one shim per instance; a second one leaves at once. */
+    s->lock_fd = lock_take(dir);
+    if (s->lock_fd < 0) {
+        int e = errno;
+        logf_shim("lock_failed error=\"%s\"",
+                  lock_busy(e) ? "another shim runs this instance" : strerror(e));
+        return 3;
+    }
+    logf_shim("shim_start dir=%s", dir);
+    if (read_spec(s, s->error, sizeof s->error) != 0 ||
+        decode_spec(s, s->error, sizeof s->error) != 0) {
+        logf_shim("spec_rejected error=\"%s\"", s->error);
+        finish(s, "failed");
+        return 2;
+    }
+    s->ns = s->spec.namespaces;
+    if (s->ns && (s->stack = stack_new()) == NULL) {
+        s->ns = false;
+    }
+    cgroup_setup(s);
+    if (run_prepare(s) != 0 || run_go(s) != 0) {
+        instance_failed(s, "start_failed");
+        return 1;
+    }
+    return instance_run(s);
 }
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: archipel-shim --dir DIR [--ready-fd FD] [--foreground]\n"
+    fprintf(out, "usage: archipel-shim --pool DIR --ctl-fd FD [--no-namespaces] --dir TITLE\n"
+                 "       archipel-shim --dir DIR [--foreground]\n"
                  "       archipel-shim --probe [--cgroup-parent PATH]\n"
                  "\n"
-                 "Supervises the workload described by DIR/spec.json for archipel-edge's\n"
-                 "process driver (docs/workloads.md). Not meant to be run by hand.\n");
+                 "Supervises one instance of archipel-edge's process driver\n"
+                 "(docs/workloads.md): --pool waits, prepared, for the spec the driver\n"
+                 "sends on FD and runs it in DIR/<id>; --dir runs DIR/spec.json.\n"
+                 "Not meant to be run by hand.\n");
 }
 
 int main(int argc, char **argv)
 {
     const char *dir = NULL;
+    const char *pool = NULL;
     const char *cgroup_parent = NULL;
-    int ready_fd = -1;
+    char *title = NULL;
+    int ctl_fd = -1;
     bool foreground = false;
     bool do_probe = false;
+    bool no_ns = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has_val = i + 1 < argc;
         if (strcmp(a, "--dir") == 0 && has_val) {
-            dir = argv[++i];
-        } else if (strcmp(a, "--ready-fd") == 0 && has_val) {
+            title = argv[++i];
+            dir = title;
+        } else if (strcmp(a, "--pool") == 0 && has_val) {
+            pool = argv[++i];
+        } else if (strcmp(a, "--ctl-fd") == 0 && has_val) {
             char *end;
             long v = strtol(argv[++i], &end, 10);
             if (*end != '\0' || v < 3 || v > 1023) {
-                fprintf(stderr, "archipel-shim: bad --ready-fd\n");
+                fprintf(stderr, "archipel-shim: bad --ctl-fd\n");
                 return 2;
             }
-            ready_fd = (int)v;
+            ctl_fd = (int)v;
         } else if (strcmp(a, "--cgroup-parent") == 0 && has_val) {
             cgroup_parent = argv[++i];
+        } else if (strcmp(a, "--no-namespaces") == 0) {
+            no_ns = true;
         } else if (strcmp(a, "--foreground") == 0) {
             foreground = true;
         } else if (strcmp(a, "--probe") == 0) {
@@ -1942,20 +2608,27 @@ int main(int argc, char **argv)
     if (do_probe) {
         return probe(cgroup_parent);
     }
-    if (dir == NULL || dir[0] != '/' || strlen(dir) > SHIM_DIR_MAX) {
+    bool pool_mode = pool != NULL;
+    if (pool_mode) {
+        if (pool[0] != '/' || strlen(pool) > SHIM_DIR_MAX - SHIM_ID_MAX - 2 || ctl_fd < 0 ||
+            title == NULL) {
+            fprintf(stderr, "archipel-shim: --pool needs an absolute path, --ctl-fd and --dir\n");
+            return 2;
+        }
+        if (fcntl(ctl_fd, F_SETFD, FD_CLOEXEC) != 0) {
+            return 2;
+        }
+    } else if (dir == NULL || dir[0] != '/' || strlen(dir) > SHIM_DIR_MAX) {
         fprintf(stderr, "archipel-shim: --dir needs an absolute path\n");
         usage(stderr);
         return 2;
     }
-    if (ready_fd >= 0 && fcntl(ready_fd, F_SETFD, FD_CLOEXEC) != 0) {
-        ready_fd = -1;
-    }
-    /* Nothing inherited from the daemon but stdio and the ready pipe. */
-    int keep[] = {ready_fd};
-    close_all_except(keep, ready_fd >= 0 ? 1 : 0);
+    /* Nothing inherited from the daemon but stdio and the control socket. */
+    int keep[] = {ctl_fd};
+    close_all_except(keep, ctl_fd >= 0 ? 1 : 0);
 
-    if (!foreground) {
-        /* Detach: the daemon reaps the parent at once; the child is reparented to init. */
+    if (!pool_mode && !foreground) {
+        /* Detach: the caller reaps the parent at once; the child is reparented to init. */
         pid_t pid = fork();
         if (pid < 0) {
             return 1;
@@ -1963,6 +2636,9 @@ int main(int argc, char **argv)
         if (pid > 0) {
             _exit(0);
         }
+    }
+    /* Pool mode: the driver spawned us in a session of our own (POSIX_SPAWN_SETSID). */
+    if (!pool_mode) {
         setsid();
     }
     umask(022);
@@ -1970,35 +2646,40 @@ int main(int argc, char **argv)
     struct shim shim;
     struct shim *s = &shim;
     memset(s, 0, sizeof *s);
-    s->dir = dir;
-    s->ready_fd = ready_fd;
-    s->sigfd = s->lock_fd = s->out_r = s->err_r = s->status_r = -1;
+    s->pool_dir = pool;
+    s->ctl_fd = pool_mode ? ctl_fd : -1;
+    s->title = title;
+    s->title_cap = title != NULL ? strlen(title) + 1 : 0;
+    s->sigfd = s->lock_fd = s->out_r = s->err_r = s->spare_lock = -1;
+    s->logs[0].fd = s->logs[1].fd = -1;
     s->exit_code = -1;
     s->state = "starting";
     s->alive = true;
-    snprintf(s->status_path, sizeof s->status_path, "%s/status.json", dir);
-    snprintf(s->status_tmp, sizeof s->status_tmp, "%s/status.json.tmp", dir);
+    prep_reset(&s->prep);
+    if (pool_mode) {
+        title_set(s->title, s->title_cap, "(idle)");
+    }
 
-    char path[SHIM_FILE_PATH_MAX];
-    snprintf(path, sizeof path, "%s/shim.log", dir);
-    int lfd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-    if (lfd >= 0) {
-        struct stat st;
-        if (fstat(lfd, &st) == 0 && st.st_size > SHIM_SHIM_LOG_MAX) {
-            if (ftruncate(lfd, 0) != 0) {
-                /* An oversized shim.log is harmless. */
-            }
+    s->devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (s->devnull >= 0) {
+        dup2(s->devnull, STDIN_FILENO);
+        dup2(s->devnull, STDOUT_FILENO);
+        if (pool_mode) {
+            dup2(s->devnull, STDERR_FILENO); /* shim.log once it has an instance */
         }
-        dup2(lfd, STDERR_FILENO);
-        close(lfd);
     }
-    int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (devnull >= 0) {
-        dup2(devnull, STDIN_FILENO);
-        dup2(devnull, STDOUT_FILENO);
-        close(devnull);
-    }
+    s->self_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
 
+    /*
+     * Default dispositions for everything, whatever we inherited (a shell's
+     * ignored SIGHUP...), and SIGPIPE ignored: the workload then needs only
+     * SIGPIPE reset before its exec (workload_child).
+     */
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sig != SIGKILL && sig != SIGSTOP) {
+            signal(sig, SIG_DFL);
+        }
+    }
     signal(SIGPIPE, SIG_IGN);
     sigset_t set;
     sigemptyset(&set);
@@ -2010,65 +2691,17 @@ int main(int argc, char **argv)
     s->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     /* Orphans of a plain (namespace-less) workload come back to us to be reaped. */
     prctl(PR_SET_CHILD_SUBREAPER, 1);
-
-    char err[SHIM_ERR_MAX];
-    if (s->sigfd < 0) {
-        snprintf(err, sizeof err, "signalfd: %s", strerror(errno));
-        ready_send(s, "internal", err);
+    s->vstack = stack_new();
+    if (s->sigfd < 0 || s->vstack == NULL || s->devnull < 0) {
+        if (pool_mode) {
+            reply_send(s, "internal", s->sigfd < 0 ? "signalfd failed" : "out of memory");
+        }
         return 1;
     }
-    /* docs/workloads.md: one shim per directory; a second one leaves at once. */
-    snprintf(path, sizeof path, "%s/shim.lock", dir);
-    s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (s->lock_fd < 0 || flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-        int e = errno;
-        snprintf(err, sizeof err, "%s",
-                 e == EWOULDBLOCK ? "another shim runs this instance" : strerror(e));
-        logf_shim("lock_failed error=\"%s\"", err);
-        ready_send(s, e == EWOULDBLOCK ? "busy" : "internal", err);
-        return 3;
-    }
-    logf_shim("shim_start dir=%s", dir);
-    /* Claim the instance at once, so a daemon restarting now sees a live shim. */
-    status_write(s, false);
-    if (read_spec(s, s->error, sizeof s->error) != 0) {
-        logf_shim("spec_rejected error=\"%s\"", s->error);
-        finish(s, "failed");
-        ready_send(s, "spec", s->error);
-        return 2;
-    }
-    for (int i = 0; i < 2; i++) {
-        struct shim_log *l = &s->logs[i];
-        const char *name = i == 0 ? "stdout" : "stderr";
-        l->cap = s->spec.log_max_bytes;
-        snprintf(l->path, sizeof l->path, "%s/%s.log", dir, name);
-        snprintf(l->old, sizeof l->old, "%s/%s.log.1", dir, name);
-        if (log_open(l) != 0) {
-            logf_shim("log_open_failed path=%s errno=%d", l->path, errno);
-        }
-    }
-    s->ns = s->spec.namespaces;
-    if (s->ns) {
-        s->stack = malloc(SHIM_STACK_SIZE);
-        if (s->stack == NULL) {
-            s->ns = false;
-        }
-    }
-    cgroup_setup(s);
-    if (workload_start(s) != 0) {
-        logf_shim("start_failed error=\"%s\"", s->error);
-        char msg[SHIM_ERR_MAX];
-        snprintf(msg, sizeof msg, "%s", s->error);
-        finish(s, "failed");
-        ready_send(s, "exec", msg);
-        return 1;
-    }
-    status_write(s, false);
-    ready_send(s, NULL, NULL);
-    supervise(s);
+    int rc = pool_mode ? pool_main(s, !no_ns) : manual_main(s, dir);
     shim_spec_free(&s->spec);
-    free(s->stack);
-    return 0;
+    free(s->spec_text);
+    return rc;
 }
 
 #endif /* AP_SHIM_PARSER_ONLY */

@@ -1,10 +1,11 @@
-/* fuzz_shim_spec: archipel-shim's spec.json decoder (edge/shim/main.c) on arbitrary bytes. */
+/* fuzz_shim_spec: archipel-shim's spec and start-message decoders (edge/shim/main.c) on arbitrary
+ * bytes. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* The decoder alone: the shim's supervisor and main() are left out. */
+/* The decoders alone: the shim's supervisor and main() are left out. */
 #define AP_SHIM_PARSER_ONLY 1
 #include "../../edge/shim/main.c"
 
@@ -58,5 +59,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort(); /* every rejection says why */
     }
     free(spec);
+
+    /* The driver's "START <len>\n" header: a verdict, and a sane one when complete. */
+    size_t hdr_len = 0, body_len = 0;
+    int h = shim_ctl_header((const char *)data, size, &hdr_len, &body_len);
+    if (h == 0 && (hdr_len > size || hdr_len > SHIM_CTL_HEADER_MAX || data[hdr_len - 1] != '\n' ||
+                   body_len == 0 || body_len > SHIM_SPEC_MAX_BYTES)) {
+        abort();
+    }
+    if (h != 0 && h != 1 && h != -1) {
+        abort();
+    }
+    if (h == 1 && size >= SHIM_CTL_HEADER_MAX) {
+        abort(); /* a header never needs more than SHIM_CTL_HEADER_MAX bytes */
+    }
+    if (h == 0 && body_len <= size - hdr_len) {
+        /* What the shim decodes next: the spec that follows the header. */
+        struct shim_spec *body = malloc(sizeof *body);
+        if (body != NULL) {
+            if (shim_spec_parse((const char *)data + hdr_len, body_len, body, err, sizeof err) ==
+                0) {
+                shim_spec_free(body);
+            }
+            free(body);
+        }
+    }
     return 0;
 }
