@@ -70,6 +70,7 @@ struct dp_start {
     char reply[DP_REPLY_MAX];
     driver_process_start_cb cb;
     void *data;
+    bool stop_after; /* A stop came while it started: stop it once it answered. */
 };
 
 struct driver_process {
@@ -1628,6 +1629,9 @@ static void start_done(struct dp_start *ds, int rc, const struct driver_process_
     if (ds->cb != NULL) {
         ds->cb(ds->data, ds->id, rc, rc == 0 ? st : NULL);
     }
+    if (rc == 0 && ds->stop_after && driver_process__stop(d, ds->id) != 0) {
+        AP_LOG(AP_LOG_WARN, "instance_stop_failed id=%s err=\"%s\"", ds->id, d->errmsg);
+    }
 }
 
 /* The shim's answer line is complete (or the socket ended): decode it. */
@@ -1831,14 +1835,9 @@ int driver_process__stop(struct driver_process *d, const char *id)
     }
     struct dp_start *ds = start_find(d, id);
     if (ds != NULL) {
-        /* It blocks signals while it starts the workload, and stops it right after. */
-        int src =
-            ds->sh.pidfd >= 0 ? pidfd_signal_(ds->sh.pidfd, SIGTERM) : kill(ds->sh.pid, SIGTERM);
-        if (src != 0 && errno != ESRCH) {
-            ap_errmsg_set(d->errmsg, "stop instance %s: signal shim %d: %s", id, ds->sh.pid,
-                          strerror(errno));
-            return AP_EIO;
-        }
+        /* Signalling a shim that has not taken the start yet would end it without an answer:
+         * the stop waits for the answer (start_done), then goes as for any running instance. */
+        ds->stop_after = true;
         AP_LOG(AP_LOG_INFO, "instance_stop_requested id=%s shim_pid=%d starting=1", id, ds->sh.pid);
         return 0;
     }
