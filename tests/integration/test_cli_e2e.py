@@ -102,6 +102,40 @@ def main(t):
         lambda: ids["via-site"] not in {i["id"] for i in alice.json(
             "--endpoint", region, "instance", "list")["instances"]}, 15, "deleted in region"))
 
+    def tables():
+        rows = admin.run("region", "list").stdout.splitlines()
+        if not rows[0].startswith("NAME") or not any(r.startswith("r1 ") for r in rows[1:]):
+            raise AssertionError("region list: %r" % rows)
+        if "acme" not in admin.run("tenant", "list").stdout:
+            raise AssertionError("tenant list lacks acme")
+        users = {u["name"]: u for u in admin.json("user", "list")["users"]}
+        if "alice" not in users or users["alice"]["tenant"] != "acme":
+            raise AssertionError("user list: %s" % users)
+        q = admin.json("quota", "show", "acme")
+        if q["quota"]["instances"] != 3 or "r1" not in q["regions"]:
+            raise AssertionError("quota show at the controller: %s" % q)
+        ex = admin.json("placement", "explain", "--tenant", "acme", "--cpu-millis", "10")
+        if ex["chosen"] is None or len(ex["regions"][0]["candidates"]) != 2:
+            raise AssertionError("placement explain: %s" % ex)
+        return True
+
+    t.check("region, tenant, user, quota and placement commands against the controller", tables)
+
+    def multi_site():
+        # Alice may write r1-s1 only: 207, one row per site, exit 1.
+        p = alice.run("instance", "create", "multi", "--tenant", "acme", "--sites",
+                      "r1-s1,r1-s2", "--cpu-millis", "10", "--memory-mb", "8", "--", "sleep",
+                      "60", ok=False)
+        if p.returncode != 1 or "r1-s2" not in p.stdout or "403" not in p.stdout:
+            raise AssertionError("multi-site create: exit %d\n%s%s" % (p.returncode, p.stdout,
+                                                                       p.stderr))
+        return True
+
+    t.check("a multi-site create reports each site (207: exit 1, the refused site named)",
+            multi_site)
+    t.check("a bulk stop by site list through the controller", lambda: alice.run(
+        "instance", "stop", "--tenant", "acme", "--name", "multi", "--sites", "r1-s1"))
+
     nobody = Cli(topo, os.path.join(topo.work_dir, "xdg-nobody"))
     t.check("no token: exit 1, unauthenticated, at every tier", lambda: [
         nobody.fails(1, "unauthenticated", "--endpoint", e, "instance", "list")
