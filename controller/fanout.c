@@ -817,10 +817,15 @@ static void bulk_act_done(struct fan *f)
         json_array_append_new(results, r);
     }
     json_t *un = json_object_get(f->ctx, "unreachable");
-    ap_http_reply_json(f->req, failed == 0 ? 200 : 207,
-                       json_pack("{s:o, s:I, s:I, s:b, s:O}", "results", results, "matched",
-                                 (json_int_t)f->n_calls, "failed", (json_int_t)failed, "partial",
-                                 json_array_size(un) > 0, "unreachable", un));
+    json_t *errs = json_object_get(f->ctx, "errors");
+    json_t *body = json_pack("{s:o, s:I, s:I, s:b, s:O}", "results", results, "matched",
+                             (json_int_t)f->n_calls, "failed", (json_int_t)failed, "partial",
+                             json_array_size(un) > 0 || json_array_size(errs) > 0,
+                             "unreachable", un);
+    if (json_array_size(errs) > 0) {
+        json_object_set(body, "errors", errs);
+    }
+    ap_http_reply_json(f->req, failed == 0 ? 200 : 207, body);
     fan_free(f);
 }
 
@@ -836,7 +841,17 @@ static void bulk_list_done(struct fan *f)
         fan_free(f);
         return;
     }
-    g->ctx = json_pack("{s:o}", "unreachable", unreachable(f));
+    json_t *errors = json_array();
+    for (size_t i = 0; i < f->n_calls; i++) {
+        struct call *c = &f->calls[i];
+        if (c->reached && c->status != 200) {
+            json_t *e = json_object_get(c->resp, "error");
+            json_array_append_new(errors, json_pack("{s:s, s:i, s:O}", "region", c->region,
+                                                    "status", (int)c->status, "error",
+                                                    e != NULL ? e : json_null()));
+        }
+    }
+    g->ctx = json_pack("{s:o, s:o}", "unreachable", unreachable(f), "errors", errors);
     /* Site labels, for a selector: the sites lists fetched with the instances. */
     for (size_t i = 0; i < f->n_calls; i++) {
         struct call *c = &f->calls[i];
@@ -967,18 +982,30 @@ static void h_bulk_delete(struct ap_http_req *req, void *data)
 
 static void quota_done(struct fan *f)
 {
-    json_t *regions = json_object();
+    json_t *regions = json_object(), *errors = json_array();
     for (size_t i = 0; i < f->n_calls; i++) {
         struct call *c = &f->calls[i];
         if (c->reached && c->status == 200 && c->resp != NULL) {
             json_object_set(regions, c->region, c->resp);
+        } else if (c->reached) {
+            /* A region that answered an error is not silently left out. */
+            json_t *e = json_object_get(c->resp, "error");
+            json_array_append_new(errors, json_pack("{s:s, s:i, s:O}", "region", c->region,
+                                                    "status", (int)c->status, "error",
+                                                    e != NULL ? e : json_null()));
         }
     }
     json_t *un = unreachable(f);
     json_t *body = json_incref(f->ctx);
     json_object_set_new(body, "regions", regions);
-    json_object_set_new(body, "partial", json_boolean(json_array_size(un) > 0));
+    json_object_set_new(body, "partial",
+                        json_boolean(json_array_size(un) > 0 || json_array_size(errors) > 0));
     json_object_set_new(body, "unreachable", un);
+    if (json_array_size(errors) > 0) {
+        json_object_set_new(body, "errors", errors);
+    } else {
+        json_decref(errors);
+    }
     ap_http_reply_json(f->req, 200, body);
     fan_free(f);
 }
