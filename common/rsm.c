@@ -11,6 +11,7 @@
 #include <raft/uv.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #define MAX_PEERS 16
@@ -64,6 +65,7 @@ struct ap_rsm {
     int (*uv_start)(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, raft_io_recv_cb recv);
     raft_io_recv_cb raft_recv;
     uint64_t leader_contact_ms; /* When a leader's message last arrived (loop time). */
+    uint64_t rng;               /* io_random's state: differs per node and per start. */
     struct ap_raft_transport transport;
     struct ap_store *store;
     struct ap_rsm_fsm *fsm;
@@ -166,6 +168,22 @@ static int io_async_work(struct raft_io *io, struct raft_io_async_work *req,
         return RAFT_IOERR;
     }
     return 0;
+}
+
+/*
+ * Randomized election timeouts must differ between the members of a group: the
+ * members of a region are started together and drew equal timeouts (two
+ * candidates within 15 ms of each other, every election taking the full 2T).
+ * splitmix64 seeded with the raft id, the pid and the clock.
+ */
+static int io_random(struct raft_io *io, int min, int max)
+{
+    struct ap_rsm *r = AP_CONTAINER_OF(io, struct ap_rsm, io);
+    uint64_t z = (r->rng += UINT64_C(0x9E3779B97F4A7C15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+    z ^= z >> 31;
+    return max > min ? min + (int)(z % (uint64_t)(max - min)) : min;
 }
 
 static int io_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
@@ -870,6 +888,8 @@ int ap_rsm_start(struct ap_rsm *r, char *errmsg)
     raft_uv_set_connect_retry_delay(&r->io, 200);
     r->uv_start = r->io.start;
     r->io.start = io_start;
+    r->rng = r->id * UINT64_C(0x9E3779B97F4A7C15) ^ uv_hrtime() ^ ((uint64_t)getpid() << 32);
+    r->io.random = io_random;
     if (r->io.version < 2) {
         r->io.version = 2;
         r->io.async_work = io_async_work;
