@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define LISTEN_BACKLOG 128
@@ -531,6 +532,23 @@ const char *ap_conn_local(const struct ap_conn *c)
 const char *ap_conn_local_ip(const struct ap_conn *c)
 {
     return c->local_ip;
+}
+
+int ap_conn_split_addr(const char *addr, char *ip, size_t ip_size, uint16_t *port)
+{
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL || colon == addr || (size_t)(colon - addr) >= ip_size) {
+        return AP_EINVAL;
+    }
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (colon[1] == '\0' || *end != '\0' || p <= 0 || p > 65535) {
+        return AP_EINVAL;
+    }
+    memcpy(ip, addr, (size_t)(colon - addr));
+    ip[colon - addr] = '\0';
+    *port = (uint16_t)p;
+    return 0;
 }
 
 const char *ap_conn_errmsg(const struct ap_conn *c)

@@ -1334,6 +1334,32 @@ const char *ap_http_req_param(const struct ap_http_req *r, const char *name)
     return kv_list_get(&r->params, name, false);
 }
 
+void ap_http_req_query_string(const struct ap_http_req *r, const char *const *keys, char *out,
+                              size_t size)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t k = 0;
+    out[0] = '\0';
+    for (size_t i = 0; keys != NULL && keys[i] != NULL; i++) {
+        const char *v = ap_http_req_query(r, keys[i]);
+        if (v == NULL || k + 1 + strlen(keys[i]) + 1 + 3 * strlen(v) + 1 > size) {
+            continue;
+        }
+        k += (size_t)snprintf(out + k, size - k, "%c%s=", k == 0 ? '?' : '&', keys[i]);
+        for (const unsigned char *p = (const unsigned char *)v; *p != '\0'; p++) {
+            if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+                *p == '-' || *p == '_' || *p == '.' || *p == '~') {
+                out[k++] = (char)*p;
+            } else {
+                out[k++] = '%';
+                out[k++] = hex[*p >> 4];
+                out[k++] = hex[*p & 15];
+            }
+        }
+        out[k] = '\0';
+    }
+}
+
 const char *ap_http_req_query(const struct ap_http_req *r, const char *name)
 {
     return kv_list_get(&r->query, name, false);

@@ -3,6 +3,7 @@
 #include "ap/rsm_http.h"
 
 #include "ap/base.h"
+#include "ap/conn.h"
 #include "ap/err.h"
 #include "ap/httpc.h"
 #include "ap/log.h"
@@ -58,8 +59,7 @@ json_t *ap_rsm_http_leader_json(struct ap_rsm_http *h)
 void ap_rsm_http_reply_no_leader(struct ap_rsm_http *h, struct ap_http_req *req, const char *why)
 {
     char msg[160];
-    snprintf(msg, sizeof msg, "%s %s: %s; retry shortly", h->cfg.group_key, h->cfg.group_name,
-             why);
+    snprintf(msg, sizeof msg, "%s %s: %s; retry shortly", h->cfg.group_key, h->cfg.group_name, why);
     ap_http_reply_error(req, 503, "no_leader", msg,
                         json_pack("{s:o}", "leader", ap_rsm_http_leader_json(h)));
 }
@@ -78,42 +78,6 @@ static void forward_done(int err, struct ap_httpc_resp *resp, const char *errmsg
                           resp->body != NULL ? resp->body : "", resp->body_len);
     }
     ap_free(f);
-}
-
-/*
- * The query arguments the leader needs, percent-encoded ("?site=a&tenant=b" or
- * ""). ap_http gives decoded arguments only, so the known ones are rebuilt;
- * "stale" is never forwarded (a follower answers stale reads itself).
- */
-static void forwarded_query(const struct ap_rsm_http *h, struct ap_http_req *req, char *out,
-                            size_t n)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    size_t k = 0;
-    out[0] = '\0';
-    for (size_t i = 0; h->cfg.query_keys != NULL && h->cfg.query_keys[i] != NULL; i++) {
-        const char *key = h->cfg.query_keys[i];
-        const char *v = ap_http_req_query(req, key);
-        if (v == NULL) {
-            continue;
-        }
-        size_t need = 1 + strlen(key) + 1 + 3 * strlen(v) + 1;
-        if (k + need > n) {
-            break; /* Longer than any valid value: the leader answers without it. */
-        }
-        k += (size_t)snprintf(out + k, n - k, "%c%s=", k == 0 ? '?' : '&', key);
-        for (const unsigned char *p = (const unsigned char *)v; *p != '\0'; p++) {
-            if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-                *p == '-' || *p == '_' || *p == '.' || *p == '~') {
-                out[k++] = (char)*p;
-            } else {
-                out[k++] = '%';
-                out[k++] = hex[*p >> 4];
-                out[k++] = hex[*p & 15];
-            }
-        }
-        out[k] = '\0';
-    }
 }
 
 void ap_rsm_http_forward(struct ap_rsm_http *h, struct ap_http_req *req)
@@ -142,7 +106,8 @@ void ap_rsm_http_forward(struct ap_rsm_http *h, struct ap_http_req *req)
     const char *headers[4];
     size_t nh = 0, body_len = 0;
     const uint8_t *body = ap_http_req_body(req, &body_len);
-    forwarded_query(h, req, query, sizeof query);
+    /* "stale" is never forwarded: a follower answers stale reads itself. */
+    ap_http_req_query_string(req, h->cfg.query_keys, query, sizeof query);
     snprintf(url, sizeof url, "http://%s%s%s", leader.http, ap_http_req_path(req), query);
     snprintf(fwd_hdr, sizeof fwd_hdr, AP_RSM_HTTP_FORWARDED ": %" PRIu64, h->cfg.id);
     headers[nh++] = fwd_hdr;
@@ -189,8 +154,8 @@ static void write_done(void *data, struct ap_rsm_result *res)
     ap_free(w);
 }
 
-int ap_rsm_http_propose_cb(struct ap_rsm_http *h, struct ap_http_req *req, uint8_t *cmd,
-                           size_t len, ap_rsm_http_result_fn done, void *data)
+int ap_rsm_http_propose_cb(struct ap_rsm_http *h, struct ap_http_req *req, uint8_t *cmd, size_t len,
+                           ap_rsm_http_result_fn done, void *data)
 {
     struct write_ctx *w = ap_calloc(1, sizeof *w);
     if (w == NULL) {
@@ -332,13 +297,12 @@ static void h_cluster(struct ap_http_req *req, void *data)
     }
     ap_free(ms);
     struct ap_rsm *r = h->cfg.rsm;
-    json_t *body = json_pack("{s:s, s:I, s:o, s:o, s:I, s:I, s:I, s:I}", h->cfg.group_key,
-                             h->cfg.group_name, "node", (json_int_t)h->cfg.id, "members", arr,
-                             "leader", ap_rsm_http_leader_json(h), "term",
-                             (json_int_t)ap_rsm_term(r), "commit_index",
-                             (json_int_t)ap_rsm_commit_index(r), "applied_index",
-                             (json_int_t)ap_rsm_applied_index(r), "last_index",
-                             (json_int_t)ap_rsm_last_index(r));
+    json_t *body = json_pack(
+        "{s:s, s:I, s:o, s:o, s:I, s:I, s:I, s:I}", h->cfg.group_key, h->cfg.group_name, "node",
+        (json_int_t)h->cfg.id, "members", arr, "leader", ap_rsm_http_leader_json(h), "term",
+        (json_int_t)ap_rsm_term(r), "commit_index", (json_int_t)ap_rsm_commit_index(r),
+        "applied_index", (json_int_t)ap_rsm_applied_index(r), "last_index",
+        (json_int_t)ap_rsm_last_index(r));
     ap_http_reply_json(req, 200, body);
 }
 
@@ -362,13 +326,9 @@ static void change_done(void *data, int status, const char *msg)
 
 static int valid_hostport(const char *s)
 {
-    const char *colon = strrchr(s, ':');
-    if (colon == NULL || colon == s || strlen(s) >= 64) {
-        return 0;
-    }
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    return *end == '\0' && port > 0 && port < 65536;
+    char ip[64];
+    uint16_t port;
+    return ap_conn_split_addr(s, ip, sizeof ip, &port) == 0;
 }
 
 static void h_member_add(struct ap_http_req *req, void *data)

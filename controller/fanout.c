@@ -29,13 +29,13 @@ struct call {
     size_t n_nodes, next;
     char method[8];
     char path[512];
-    char *body; /* JSON text or NULL (owned). */
-    const char *tag; /* Caller's label for the result (e.g. a site name); borrowed. */
+    char *body;       /* JSON text or NULL (owned). */
+    const char *tag;  /* Caller's label for the result (e.g. a site name); borrowed. */
     json_t *tag_json; /* Owned extra (e.g. the instance a bulk call is about). */
     bool reached;
     unsigned status;
-    json_t *resp;           /* Parsed JSON answer (owned), or NULL. */
-    char *raw;              /* Raw answer body (owned). */
+    json_t *resp; /* Parsed JSON answer (owned), or NULL. */
+    char *raw;    /* Raw answer body (owned). */
     char content_type[64];
     size_t raw_len;
     char err[AP_ERRMSG_SIZE];
@@ -251,32 +251,6 @@ static bool authed(struct ctl_node *n, struct ap_http_req *req)
     return ap_authn_request(n->authn, req) != NULL;
 }
 
-/* Percent-encode the query arguments in keys that req carries ("?a=b&c=d" or ""). */
-static void query_of(struct ap_http_req *req, const char *const *keys, char *out, size_t size)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    size_t k = 0;
-    out[0] = '\0';
-    for (size_t i = 0; keys[i] != NULL; i++) {
-        const char *v = ap_http_req_query(req, keys[i]);
-        if (v == NULL || k + strlen(keys[i]) + 3 * strlen(v) + 3 > size) {
-            continue;
-        }
-        k += (size_t)snprintf(out + k, size - k, "%c%s=", k == 0 ? '?' : '&', keys[i]);
-        for (const unsigned char *p = (const unsigned char *)v; *p != '\0'; p++) {
-            if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-                *p == '-' || *p == '_' || *p == '.') {
-                out[k++] = (char)*p;
-            } else {
-                out[k++] = '%';
-                out[k++] = hex[*p >> 4];
-                out[k++] = hex[*p & 15];
-            }
-        }
-        out[k] = '\0';
-    }
-}
-
 /* ---- merged lists: GET /v1/sites, GET /v1/instances ---- */
 
 static void merged_done(struct fan *f)
@@ -292,9 +266,9 @@ static void merged_done(struct fan *f)
         json_t *items = json_object_get(c->resp, key);
         if (c->status != 200 || !json_is_array(items)) {
             json_t *e = json_object_get(c->resp, "error");
-            json_array_append_new(errors, json_pack("{s:s, s:i, s:O}", "region", c->region,
-                                                    "status", (int)c->status, "error",
-                                                    e != NULL ? e : json_null()));
+            json_array_append_new(errors,
+                                  json_pack("{s:s, s:i, s:O}", "region", c->region, "status",
+                                            (int)c->status, "error", e != NULL ? e : json_null()));
             continue;
         }
         size_t k;
@@ -328,7 +302,7 @@ static void merged_list(struct ctl_node *n, struct ap_http_req *req, const char 
         return;
     }
     char q[512], full[600];
-    query_of(req, query_keys, q, sizeof q);
+    ap_http_req_query_string(req, query_keys, q, sizeof q);
     snprintf(full, sizeof full, "%s%s", path, q);
     const char *region = ap_http_req_query(req, "region");
     if (region != NULL && !ap_token_name_valid(region)) {
@@ -443,7 +417,7 @@ static void routed(struct ctl_node *n, struct ap_http_req *req, const char *look
     }
     static const char *const keys[] = {"stream", "tail", "tail_bytes", NULL};
     char q[256], path[640];
-    query_of(req, keys, q, sizeof q);
+    ap_http_req_query_string(req, keys, q, sizeof q);
     snprintf(path, sizeof path, "%s%s", ap_http_req_path(req), q);
     f->ctx = json_pack("{s:s, s:s, s:s, s:o}", "what", what, "method", ap_http_req_method(req),
                        "path", path, "body", body != NULL ? body : json_null());
@@ -541,9 +515,9 @@ static void multi_create_done(struct fan *f)
         if (!c->reached) {
             failed++;
             json_object_set_new(r, "status", json_integer(503));
-            json_object_set_new(r, "error",
-                                json_pack("{s:s, s:s}", "code", "region_unreachable", "message",
-                                          c->err));
+            json_object_set_new(
+                r, "error",
+                json_pack("{s:s, s:s}", "code", "region_unreachable", "message", c->err));
         } else {
             json_object_set_new(r, "status", json_integer(c->status));
             bool ok = c->status >= 200 && c->status < 300;
@@ -657,12 +631,12 @@ static void place_done(struct fan *f)
     g->ctx = json_incref(f->ctx);
     json_t *tried = json_object_get(g->ctx, "tried");
     json_t *err = c->reached ? json_object_get(c->resp, "error") : NULL;
-    json_array_append_new(tried, json_pack("{s:s, s:i, s:o}", "region", c->region, "status",
-                                           c->reached ? (int)c->status : 503, "error",
-                                           err != NULL ? json_incref(err)
-                                                       : json_pack("{s:s, s:s}", "code",
-                                                                   "region_unreachable", "message",
-                                                                   c->err)));
+    json_array_append_new(
+        tried, json_pack("{s:s, s:i, s:o}", "region", c->region, "status",
+                         c->reached ? (int)c->status : 503, "error",
+                         err != NULL ? json_incref(err)
+                                     : json_pack("{s:s, s:s}", "code", "region_unreachable",
+                                                 "message", c->err)));
     fan_free(f);
     place_next(g);
 }
@@ -715,8 +689,8 @@ static void h_instance_create(struct ap_http_req *req, void *data)
     const char *site = json_string_value(json_object_get(body, "site"));
     const char *region = json_string_value(json_object_get(body, "region"));
     if (sites != NULL) {
-        if (!json_is_array(sites) || json_array_size(sites) == 0 ||
-            json_array_size(sites) > 256 || json_object_get(body, "site") != NULL) {
+        if (!json_is_array(sites) || json_array_size(sites) == 0 || json_array_size(sites) > 256 ||
+            json_object_get(body, "site") != NULL) {
             ap_http_reply_err(req, AP_EINVAL,
                               "field 'sites': a list of 1-256 site names (and no 'site')");
             return;
@@ -775,8 +749,8 @@ static void h_instance_create(struct ap_http_req *req, void *data)
             json_array_append_new(regions, json_string(names[i]));
         }
     }
-    f->ctx = json_pack("{s:o, s:o, s:i, s:[]}", "body", copy, "regions", regions, "next", 0,
-                       "tried");
+    f->ctx =
+        json_pack("{s:o, s:o, s:i, s:[]}", "body", copy, "regions", regions, "next", 0, "tried");
     place_next(f);
 }
 
@@ -818,10 +792,10 @@ static void bulk_act_done(struct fan *f)
     }
     json_t *un = json_object_get(f->ctx, "unreachable");
     json_t *errs = json_object_get(f->ctx, "errors");
-    json_t *body = json_pack("{s:o, s:I, s:I, s:b, s:O}", "results", results, "matched",
-                             (json_int_t)f->n_calls, "failed", (json_int_t)failed, "partial",
-                             json_array_size(un) > 0 || json_array_size(errs) > 0,
-                             "unreachable", un);
+    json_t *body =
+        json_pack("{s:o, s:I, s:I, s:b, s:O}", "results", results, "matched",
+                  (json_int_t)f->n_calls, "failed", (json_int_t)failed, "partial",
+                  json_array_size(un) > 0 || json_array_size(errs) > 0, "unreachable", un);
     if (json_array_size(errs) > 0) {
         json_object_set(body, "errors", errs);
     }
@@ -846,9 +820,9 @@ static void bulk_list_done(struct fan *f)
         struct call *c = &f->calls[i];
         if (c->reached && c->status != 200) {
             json_t *e = json_object_get(c->resp, "error");
-            json_array_append_new(errors, json_pack("{s:s, s:i, s:O}", "region", c->region,
-                                                    "status", (int)c->status, "error",
-                                                    e != NULL ? e : json_null()));
+            json_array_append_new(errors,
+                                  json_pack("{s:s, s:i, s:O}", "region", c->region, "status",
+                                            (int)c->status, "error", e != NULL ? e : json_null()));
         }
     }
     g->ctx = json_pack("{s:o, s:o}", "unreachable", unreachable(f), "errors", errors);
@@ -990,9 +964,9 @@ static void quota_done(struct fan *f)
         } else if (c->reached) {
             /* A region that answered an error is not silently left out. */
             json_t *e = json_object_get(c->resp, "error");
-            json_array_append_new(errors, json_pack("{s:s, s:i, s:O}", "region", c->region,
-                                                    "status", (int)c->status, "error",
-                                                    e != NULL ? e : json_null()));
+            json_array_append_new(errors,
+                                  json_pack("{s:s, s:i, s:O}", "region", c->region, "status",
+                                            (int)c->status, "error", e != NULL ? e : json_null()));
         }
     }
     json_t *un = unreachable(f);

@@ -52,23 +52,6 @@ struct link {
     void *stop_data;
 };
 
-static int split_target(const char *t, char *ip, size_t ip_size, uint16_t *port)
-{
-    const char *colon = strrchr(t, ':');
-    if (colon == NULL || (size_t)(colon - t) >= ip_size) {
-        return AP_EINVAL;
-    }
-    memcpy(ip, t, (size_t)(colon - t));
-    ip[colon - t] = '\0';
-    char *end;
-    long p = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || p <= 0 || p > 65535) {
-        return AP_EINVAL;
-    }
-    *port = (uint16_t)p;
-    return 0;
-}
-
 static int send_body(struct link *l, uint16_t type, const uint8_t *body, size_t len)
 {
     if (l->conn == NULL) {
@@ -263,7 +246,7 @@ static void rotate_target(struct link *l)
     char ip[48];
     uint16_t port;
     l->target = (l->target + 1) % l->n_targets;
-    if (split_target(l->targets[l->target], ip, sizeof ip, &port) == 0) {
+    if (ap_conn_split_addr(l->targets[l->target], ip, sizeof ip, &port) == 0) {
         ap_conn_dialer_set_target(l->dialer, ip, port);
     }
 }
@@ -313,7 +296,7 @@ static void on_msg(struct ap_conn *c, const struct ap_wire_msg *m)
         {
             char ip[48];
             uint16_t port;
-            if (text[0] != '\0' && split_target(text, ip, sizeof ip, &port) == 0) {
+            if (text[0] != '\0' && ap_conn_split_addr(text, ip, sizeof ip, &port) == 0) {
                 ap_conn_dialer_set_target(l->dialer, ip, port);
             } else {
                 rotate_target(l);
@@ -497,7 +480,7 @@ int link__start(struct link **out, uv_loop_t *loop, struct shard *sh, const stru
 
     char ip[48];
     uint16_t port;
-    if (split_target(l->targets[l->target], ip, sizeof ip, &port) != 0) {
+    if (ap_conn_split_addr(l->targets[l->target], ip, sizeof ip, &port) != 0) {
         ap_errmsg_set(errmsg, "link: bad region address '%s' (want ip:port)",
                       l->targets[l->target]);
         ap_free(l->caps);

@@ -36,23 +36,6 @@ struct ctrllink {
     void *stop_data;
 };
 
-static int split_target(const char *t, char *ip, size_t ip_size, uint16_t *port)
-{
-    const char *colon = strrchr(t, ':');
-    char *end;
-    if (colon == NULL || (size_t)(colon - t) >= ip_size) {
-        return AP_EINVAL;
-    }
-    memcpy(ip, t, (size_t)(colon - t));
-    ip[colon - t] = '\0';
-    long p = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || p <= 0 || p > 65535) {
-        return AP_EINVAL;
-    }
-    *port = (uint16_t)p;
-    return 0;
-}
-
 bool ctrllink__connected(const struct ctrllink *l)
 {
     return l != NULL && l->conn != NULL;
@@ -200,11 +183,11 @@ static void on_msg(struct ap_conn *c, const struct ap_wire_msg *m)
         uint16_t port;
         ap_mp_get_str(&up.data, "link", text, sizeof text, false, NULL);
         AP_LOG(AP_LOG_INFO, "controller_link_redirected to=%s", text[0] ? text : "(no leader)");
-        if (text[0] != '\0' && split_target(text, ip, sizeof ip, &port) == 0) {
+        if (text[0] != '\0' && ap_conn_split_addr(text, ip, sizeof ip, &port) == 0) {
             ap_conn_dialer_set_target(l->dialer, ip, port);
         } else if (l->n_targets > 0) {
             l->cur = (l->cur + 1) % l->n_targets;
-            if (split_target(l->targets[l->cur], ip, sizeof ip, &port) == 0) {
+            if (ap_conn_split_addr(l->targets[l->cur], ip, sizeof ip, &port) == 0) {
                 ap_conn_dialer_set_target(l->dialer, ip, port);
             }
         }
@@ -267,7 +250,7 @@ static void start_dialer(struct ctrllink *l)
 {
     char ip[48], errmsg[AP_ERRMSG_SIZE];
     uint16_t port;
-    if (split_target(l->targets[l->cur], ip, sizeof ip, &port) != 0) {
+    if (ap_conn_split_addr(l->targets[l->cur], ip, sizeof ip, &port) != 0) {
         return;
     }
     struct ap_conn_dialer_config dc = {

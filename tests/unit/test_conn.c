@@ -748,6 +748,26 @@ static void test_backoff(void **state)
     assert_int_equal(b.attempt, UINT32_MAX);
 }
 
+static void test_split_addr(void **state)
+{
+    (void)state;
+    char ip[16];
+    uint16_t port = 0;
+    assert_int_equal(ap_conn_split_addr("127.0.11.1:7102", ip, sizeof ip, &port), 0);
+    assert_string_equal(ip, "127.0.11.1");
+    assert_int_equal(port, 7102);
+    static const char *const bad[] = {"127.0.0.1",
+                                      ":80",
+                                      "127.0.0.1:",
+                                      "127.0.0.1:0",
+                                      "127.0.0.1:65536",
+                                      "127.0.0.1:8x",
+                                      "too-long-for-16-bytes:1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(ap_conn_split_addr(bad[i], ip, sizeof ip, &port), AP_EINVAL);
+    }
+}
+
 int main(void)
 {
     ap_log_init("test", AP_LOG_WARN, NULL);
@@ -766,6 +786,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_dialer_close_while_waiting, setup, teardown),
         cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_split_addr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -233,6 +233,12 @@ int ap_conn_dialer_set_target(struct ap_conn_dialer *d, const char *remote_ip,
 /** The handlers' data pointer given in the dialer's config (also in its close callback). */
 void *ap_conn_dialer_data(const struct ap_conn_dialer *d);
 
+/**
+ * Split "ip:port" (the last ':' separates them) into ip (ip_size bytes) and a
+ * port of 1-65535. Returns 0, or AP_EINVAL (nothing useful written).
+ */
+int ap_conn_split_addr(const char *addr, char *ip, size_t ip_size, uint16_t *port);
+
 /** The current link when it is up, else NULL. */
 struct ap_conn *ap_conn_dialer_conn(const struct ap_conn_dialer *d);
 

@@ -106,6 +106,14 @@ const char *ap_http_req_param(const struct ap_http_req *r, const char *name);
  */
 const char *ap_http_req_query(const struct ap_http_req *r, const char *name);
 
+/**
+ * Rebuild the query arguments among keys (NULL-terminated) that r carries,
+ * percent-encoded, as "?a=b&c=d" (or "" when none) into out (size bytes),
+ * for relaying a request. An argument that does not fit is left out.
+ */
+void ap_http_req_query_string(const struct ap_http_req *r, const char *const *keys, char *out,
+                              size_t size);
+
 /** A request header by case-insensitive name, or NULL. Owned by req. */
 const char *ap_http_req_header(const struct ap_http_req *r, const char *name);
 
