@@ -8,17 +8,33 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 /* raft's TCP handshake (src/uv_tcp_connect.c of canonical/raft): three
  * little-endian uint64 (protocol 1, server id, address buffer size) and the
  * NUL-terminated address padded to a multiple of 8 bytes. */
 #define HANDSHAKE_PROTOCOL 1
 
+/* The watch over one outgoing connection (see ap_raft_transport_init). */
+struct ap_raft_watch {
+    uv_poll_t poll;
+    struct ap_raft_transport *t;
+    int fd; /* dup of the stream's descriptor, closed with the watch */
+    raft_id id;
+    char address[64];
+    struct ap_raft_watch *prev, *next;
+};
+
 /* One outgoing connection attempt. */
 struct ap_raft_dial {
     struct ap_raft_transport *t;
     struct raft_uv_connect *req;
+    raft_id id;
+    char address[64];
     uv_tcp_t *tcp;
     uv_connect_t connect;
     uv_write_t write;
@@ -103,6 +119,88 @@ static void dial_fail(struct ap_raft_dial *d, int status)
     uv_close((uv_handle_t *)d->tcp, dial_closed);
 }
 
+static void watch_freed(uv_handle_t *h)
+{
+    struct ap_raft_watch *w = h->data;
+    close(w->fd);
+    ap_free(w);
+}
+
+static void watch_close(struct ap_raft_watch *w)
+{
+    struct ap_raft_transport *t = w->t;
+    if (w->prev != NULL) {
+        w->prev->next = w->next;
+    } else {
+        t->watches = w->next;
+    }
+    if (w->next != NULL) {
+        w->next->prev = w->prev;
+    }
+    uv_poll_stop(&w->poll);
+    uv_close((uv_handle_t *)&w->poll, watch_freed);
+}
+
+static void watch_event(uv_poll_t *p, int status, int events)
+{
+    struct ap_raft_watch *w = p->data;
+    AP_UNUSED(events);
+    char buf[64];
+    ssize_t n = status == 0 ? recv(w->fd, buf, sizeof buf, MSG_DONTWAIT) : -1;
+    if (n > 0 || (n < 0 && status == 0 && (errno == EAGAIN || errno == EINTR))) {
+        return; /* the peer sends nothing this way; drop stray bytes */
+    }
+    shutdown(w->fd, SHUT_WR);
+    AP_LOG(AP_LOG_INFO, "raft_peer_closed id=%llu address=%s", (unsigned long long)w->id,
+           w->address);
+    struct ap_raft_transport *t = w->t;
+    raft_id id = w->id;
+    char address[sizeof w->address];
+    ap_strlcpy(address, w->address, sizeof address);
+    watch_close(w);
+    if (!t->closing && t->peer_lost != NULL) {
+        t->peer_lost(t->peer_lost_data, id, address);
+    }
+}
+
+/* Watch the connection d hands to raft; without a watch it works as raft's stock one. */
+static void watch_start(struct ap_raft_dial *d)
+{
+    struct ap_raft_transport *t = d->t;
+    for (struct ap_raft_watch *o = t->watches; o != NULL; o = o->next) {
+        if (o->id == d->id) {
+            watch_close(o); /* raft replaced that connection */
+            break;
+        }
+    }
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)d->tcp, &fd) != 0) {
+        return;
+    }
+    struct ap_raft_watch *w = ap_calloc(1, sizeof *w);
+    if (w == NULL) {
+        return;
+    }
+    w->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (w->fd < 0 || uv_poll_init(t->loop, &w->poll, w->fd) != 0) {
+        if (w->fd >= 0) {
+            close(w->fd);
+        }
+        ap_free(w);
+        return;
+    }
+    w->t = t;
+    w->id = d->id;
+    ap_strlcpy(w->address, d->address, sizeof w->address);
+    w->poll.data = w;
+    w->next = t->watches;
+    if (w->next != NULL) {
+        w->next->prev = w;
+    }
+    t->watches = w;
+    uv_poll_start(&w->poll, UV_READABLE | UV_DISCONNECT, watch_event);
+}
+
 static void dial_written(uv_write_t *w, int status)
 {
     struct ap_raft_dial *d = w->data;
@@ -116,6 +214,7 @@ static void dial_written(uv_write_t *w, int status)
         return;
     }
     dial_unlink(d);
+    watch_start(d);
     /* The stream now belongs to raft, which closes and frees it with raft_free. */
     d->req->cb(d->req, (uv_stream_t *)d->tcp, 0);
     raft_free(d);
@@ -177,7 +276,6 @@ static int transport_connect(struct raft_uv_transport *iface, struct raft_uv_con
     struct sockaddr_in local, remote;
     char ip[48];
     int port;
-    AP_UNUSED(id);
 
     if (t->closing) {
         return RAFT_CANCELED;
@@ -197,6 +295,8 @@ static int transport_connect(struct raft_uv_transport *iface, struct raft_uv_con
     }
     d->t = t;
     d->req = req;
+    d->id = id;
+    ap_strlcpy(d->address, address, sizeof d->address);
     req->cb = cb;
     uv_tcp_init(t->loop, d->tcp);
     d->tcp->data = d;
@@ -236,6 +336,9 @@ static void transport_close(struct raft_uv_transport *iface, raft_uv_transport_c
     struct ap_raft_transport *t = from_iface(iface);
     t->closing = 1;
     t->close_cb = cb;
+    while (t->watches != NULL) {
+        watch_close(t->watches);
+    }
     while (t->pending != NULL) {
         struct ap_raft_dial *d = t->pending;
         dial_unlink(d);

@@ -65,6 +65,7 @@ struct ap_rsm {
     int (*uv_start)(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, raft_io_recv_cb recv);
     raft_io_recv_cb raft_recv;
     uint64_t leader_contact_ms; /* When a leader's message last arrived (loop time). */
+    bool leader_closed;         /* The leader closed our connection since (peer_lost). */
     uint64_t rng;               /* io_random's state: differs per node and per start. */
     struct ap_raft_transport transport;
     struct ap_store *store;
@@ -110,6 +111,98 @@ struct ap_rsm {
  * still refuses, which keeps removed or partitioned servers from disrupting
  * a healthy group.
  */
+static int io_random(struct raft_io *io, int min, int max);
+
+/* Term of the last entry in raft's in-memory log (or of its last snapshot). */
+static raft_term last_log_term(const struct raft *rf)
+{
+    const struct raft_log *l = &rf->log;
+    if (l->front == l->back) {
+        return l->snapshot.last_term;
+    }
+    size_t last = l->back == 0 ? l->size - 1 : l->back - 1;
+    return l->entries[last].term;
+}
+
+/* True when our log is more up to date than the candidate's (section 3.6.1): we must refuse. */
+static bool log_is_behind_ours(struct raft *rf, const struct raft_request_vote *rv)
+{
+    raft_term ours = last_log_term(rf);
+    if (rv->last_log_term != ours) {
+        return rv->last_log_term < ours;
+    }
+    return rv->last_log_index < raft_last_index(rf);
+}
+
+/*
+ * A follower that hears no leader and refuses a candidate whose log is behind
+ * its own knows that candidate cannot win with its vote: waiting for its own
+ * timeout (up to 2T, restarted when the request bumps its term) leaves the
+ * region without a leader for one more round. It campaigns at the next tick
+ * instead, a few milliseconds apart from other refusing followers. Starting
+ * an election early is always safe in raft; it only changes who is first.
+ */
+static void campaign_soon(struct ap_rsm *r, unsigned max_jitter_ms, const char *reason)
+{
+    if (raft_state(&r->raft) != RAFT_FOLLOWER) {
+        return;
+    }
+    raft_time now = r->io.time(&r->io);
+    unsigned timeout = r->raft.follower_state.randomized_election_timeout;
+    unsigned jitter = (unsigned)io_random(&r->io, 0, (int)max_jitter_ms);
+    if (now - r->raft.election_timer_start + jitter < timeout) {
+        r->raft.election_timer_start = now - timeout + jitter;
+    }
+    AP_LOG(AP_LOG_INFO, "raft_campaign_early id=%llu reason=%s in_ms=%u", (unsigned long long)r->id,
+           reason, jitter);
+}
+
+static void probe_sent(struct raft_io_send *req, int status)
+{
+    AP_UNUSED(status);
+    ap_free(req);
+}
+
+/*
+ * The transport saw a peer close our connection to it and shut it for
+ * writing (ap_raft_transport_init). Send one message nobody would act on (an
+ * append-entries result of term 0, ignored by any server, and failing anyway
+ * on the shut connection): its failure makes raft_uv reconnect now, while
+ * the next real message (maybe the vote request that ends an election) would
+ * otherwise be the one lost. When that peer was our leader, its process is
+ * gone: campaign now (docs/replication.md "Elections").
+ */
+static void peer_lost(void *data, raft_id id, const char *address)
+{
+    struct ap_rsm *r = data;
+    if (r->closing || !r->started) {
+        return;
+    }
+    struct raft_io_send *req = ap_calloc(1, sizeof *req);
+    if (req == NULL) {
+        return;
+    }
+    struct raft_message m;
+    memset(&m, 0, sizeof m);
+    m.type = RAFT_IO_APPEND_ENTRIES_RESULT;
+    m.server_id = id;
+    m.server_address = address;
+    m.append_entries_result.rejected = 1;
+    if (r->io.send(&r->io, req, &m, probe_sent) != 0) {
+        ap_free(req);
+    }
+    raft_id leader = 0;
+    const char *leader_address = NULL;
+    raft_leader(&r->raft, &leader, &leader_address);
+    if (raft_state(&r->raft) == RAFT_FOLLOWER && leader == id) {
+        /* The leader's process is gone (its kernel closed the connection):
+         * campaign without waiting for the election timeout, spread over a
+         * few ticks so that the survivors do not split the vote. */
+        r->leader_closed = true;
+        campaign_soon(r, 3 * r->heartbeat_ms, "leader_connection_closed");
+    }
+}
+
 static void io_recv(struct raft_io *io, struct raft_message *m)
 {
     struct ap_rsm *r = AP_CONTAINER_OF(io, struct ap_rsm, io);
@@ -119,10 +212,17 @@ static void io_recv(struct raft_io *io, struct raft_message *m)
     case RAFT_IO_INSTALL_SNAPSHOT:
     case RAFT_IO_TIMEOUT_NOW:
         r->leader_contact_ms = now;
+        r->leader_closed = false;
         break;
     case RAFT_IO_REQUEST_VOTE:
-        if (raft_state(&r->raft) == RAFT_FOLLOWER && now - r->leader_contact_ms >= r->election_ms) {
+        if (raft_state(&r->raft) == RAFT_FOLLOWER &&
+            (now - r->leader_contact_ms >= r->election_ms || r->leader_closed)) {
             m->request_vote.disrupt_leader = true;
+            if (log_is_behind_ours(&r->raft, &m->request_vote)) {
+                r->raft_recv(io, m);
+                campaign_soon(r, r->heartbeat_ms, "candidate_log_behind");
+                return;
+            }
         }
         break;
     default:
@@ -884,6 +984,8 @@ int ap_rsm_start(struct ap_rsm *r, char *errmsg)
         ap_raft_transport_close(&r->transport);
         return ap_err_from_raft(rv);
     }
+    r->transport.peer_lost = peer_lost;
+    r->transport.peer_lost_data = r;
     raft_uv_set_snapshot_compression(&r->io, false);
     raft_uv_set_connect_retry_delay(&r->io, 200);
     r->uv_start = r->io.start;

@@ -1000,6 +1000,9 @@ static char *table_query(struct ap_store *s, const char *table, int *err)
     return sql;
 }
 
+static int hash_rows(struct ap_store *s, crypto_hash_sha256_state *h, sqlite3_stmt *st,
+                     const char *what);
+
 static int hash_table(struct ap_store *s, crypto_hash_sha256_state *h, const char *table)
 {
     int64_t exists = 0;
@@ -1034,6 +1037,16 @@ static int hash_table(struct ap_store *s, crypto_hash_sha256_state *h, const cha
         return fail_sqlite(s, rc, "content hash: read %s", table);
     }
     hash_tagged(h, 'S', table, strlen(table));
+    err = hash_rows(s, h, st, table);
+    sqlite3_finalize(st);
+    return err;
+}
+
+/* Column names, then every row of st (stepped to the end), then the row count. */
+static int hash_rows(struct ap_store *s, crypto_hash_sha256_state *h, sqlite3_stmt *st,
+                     const char *what)
+{
+    int rc;
     int ncol = sqlite3_column_count(st);
     for (int c = 0; c < ncol; c++) {
         const char *name = sqlite3_column_name(st, c);
@@ -1049,11 +1062,8 @@ static int hash_table(struct ap_store *s, crypto_hash_sha256_state *h, const cha
         rows++;
     }
     if (rc != SQLITE_DONE) {
-        err = fail_sqlite(s, rc, "content hash: read %s", table);
-        sqlite3_finalize(st);
-        return err;
+        return fail_sqlite(s, rc, "content hash: read %s", what);
     }
-    sqlite3_finalize(st);
     unsigned char tag = 'E';
     crypto_hash_sha256_update(h, &tag, 1);
     hash_u64(h, rows);
@@ -1078,6 +1088,30 @@ int ap_store_content_hash(struct ap_store *s, const char *const *tables, unsigne
     }
     crypto_hash_sha256_final(&h, out);
     return 0;
+}
+
+int ap_store_query_hash(struct ap_store *s, const char *sql, const char *param,
+                        unsigned char out[32])
+{
+    if (sodium_init() < 0) {
+        return fail(s, AP_EINTERNAL, "content hash: libsodium failed to initialize");
+    }
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        return fail_sqlite(s, rc, "content hash: prepare query");
+    }
+    if (param != NULL && sqlite3_bind_parameter_count(st) >= 1) {
+        sqlite3_bind_text(st, 1, param, -1, SQLITE_TRANSIENT);
+    }
+    crypto_hash_sha256_state h;
+    crypto_hash_sha256_init(&h);
+    int err = hash_rows(s, &h, st, "query");
+    sqlite3_finalize(st);
+    if (err == 0) {
+        crypto_hash_sha256_final(&h, out);
+    }
+    return err;
 }
 
 void ap_store_stats(const struct ap_store *s, struct ap_store_stats *out)

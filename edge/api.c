@@ -9,6 +9,7 @@
 #include "link.h"
 
 #include <inttypes.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -433,6 +434,29 @@ static void h_quota(struct ap_http_req *req, void *data)
                                  "available", available));
 }
 
+/* This shard's content hashes, to compare with the region's view of this site. */
+static void h_state_hash(struct ap_http_req *req, void *data)
+{
+    struct edge_node *n = data;
+    const struct ap_claims *c;
+    if (!who(n, req, &c) || !allow(n, req, c, AP_ACT_OPERATE, NULL)) {
+        return;
+    }
+    unsigned char hi[32], hr[32];
+    char xi[65], xr[65];
+    if (shard__state_hash(n->shard, hi, hr) != 0) {
+        ap_http_reply_err(req, AP_EIO, shard__errmsg(n->shard));
+        return;
+    }
+    sodium_bin2hex(xi, sizeof xi, hi, sizeof hi);
+    sodium_bin2hex(xr, sizeof xr, hr, sizeof hr);
+    ap_http_reply_json(req, 200,
+                       json_pack("{s:s, s:s, s:s, s:s, s:I, s:I}", "tier", "edge", "site",
+                                 n->cfg.site, "instances", xi, "rights", xr, "local_seq",
+                                 (json_int_t)shard__seq(n->shard), "region_applied",
+                                 (json_int_t)shard__meta(n->shard, "region_applied")));
+}
+
 static void h_health(struct ap_http_req *req, void *data)
 {
     struct edge_node *n = data;
@@ -470,6 +494,7 @@ int api__register(struct edge_node *n)
         ap_http_handler h;
     } routes[] = {
         {"GET", "/v1/health", h_health},
+        {"GET", "/v1/state/hash", h_state_hash},
         {"POST", "/v1/instances", h_create},
         {"GET", "/v1/instances", h_list},
         {"GET", "/v1/instances/{id}", h_get},

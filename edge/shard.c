@@ -4,6 +4,7 @@
 
 #include "ap/base.h"
 #include "ap/err.h"
+#include "ap/instrec.h"
 #include "ap/log.h"
 #include "ap/mp.h"
 #include "ap/store.h"
@@ -569,6 +570,23 @@ int shard__delta_after(struct shard *s, uint64_t after, size_t max, uint8_t **bo
     ap_mp_write_uint(&w, *to);
     *count = n + nr;
     return ap_mp_writer_finish(&w, body, len);
+}
+
+int shard__state_hash(struct shard *s, unsigned char instances[32], unsigned char rights[32])
+{
+    int rv = ap_store_query_hash(
+        s->st, "SELECT " AP_STATE_HASH_INSTANCE_COLUMNS " FROM instances ORDER BY id", NULL,
+        instances);
+    if (rv == 0) {
+        rv = ap_store_query_hash(s->st,
+                                 "SELECT " AP_STATE_HASH_RIGHTS_COLUMNS
+                                 " FROM rights ORDER BY tenant, resource",
+                                 NULL, rights);
+    }
+    if (rv != 0) {
+        ap_errmsg_set(s->errmsg, "%s", ap_store_errmsg(s->st));
+    }
+    return rv;
 }
 
 uint64_t shard__seq(const struct shard *s)

@@ -89,6 +89,13 @@ int shard__rights_tenants(struct shard *s, char ***out, size_t *n);
 int shard__delta_after(struct shard *s, uint64_t after, size_t max, uint8_t **body, size_t *len,
                        uint64_t *to, size_t *count);
 
+/**
+ * Content hashes of this shard's instance records and rights over the
+ * AP_STATE_HASH_* projections (ap/instrec.h): equal to what the region's
+ * catalog reports for this site once the two have converged.
+ */
+int shard__state_hash(struct shard *s, unsigned char instances[32], unsigned char rights[32]);
+
 /** The highest change sequence number given so far. */
 uint64_t shard__seq(const struct shard *s);
 

@@ -95,6 +95,27 @@ static void h_health(struct ap_http_req *req, void *data)
     ap_http_reply_json(req, 200, body);
 }
 
+/* This replica's content hashes, read locally (comparing replicas is the point). */
+static void h_state_hash(struct ap_http_req *req, void *data)
+{
+    struct regional_node *n = data;
+    if (!operator_guard(req, false, n)) {
+        return;
+    }
+    json_t *body;
+    int rv = catalog__state_hash(ap_rsm_store(n->rsm), &body);
+    if (rv != 0) {
+        ap_http_reply_err(req, rv, "could not read the catalog");
+        return;
+    }
+    json_object_set_new(body, "tier", json_string("regional"));
+    json_object_set_new(body, "region", json_string(n->cfg.region));
+    json_object_set_new(body, "node", json_integer((json_int_t)n->cfg.id));
+    json_object_set_new(body, "applied_index",
+                        json_integer((json_int_t)ap_rsm_applied_index(n->rsm)));
+    ap_http_reply_json(req, 200, body);
+}
+
 static void h_site_create(struct ap_http_req *req, void *data)
 {
     struct regional_node *n = data;
@@ -815,6 +836,7 @@ int api__register(struct regional_node *n)
         ap_http_handler h;
     } routes[] = {
         {"GET", "/v1/health", h_health},
+        {"GET", "/v1/state/hash", h_state_hash},
         {"GET", "/v1/sites", h_sites_list},
         {"POST", "/v1/sites", h_site_create},
         {"GET", "/v1/sites/{name}", h_site_get},

@@ -5,12 +5,14 @@
 #include "ap/base.h"
 #include "ap/err.h"
 #include "ap/instjson.h"
+#include "ap/instrec.h"
 #include "ap/log.h"
 #include "ap/mp.h"
 #include "ap/uuid.h"
 
 #include <inttypes.h>
 #include <msgpack.h>
+#include <sodium.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
@@ -658,6 +660,70 @@ int catalog__quota_view(struct ap_store *st, const char *tenant, json_t **out)
                      amounts_json(q.limit, q.limited), "usage", amounts_json(usage, NULL),
                      "assigned", amounts_json(q.assigned, NULL), "unassigned",
                      amounts_json(unassigned, q.limited), "holders", holders);
+    return *out != NULL ? 0 : AP_ENOMEM;
+}
+
+/* ---- content hashes (GET /v1/state/hash) ---- */
+
+static json_t *hash_json(const unsigned char h[32])
+{
+    char hex[65];
+    sodium_bin2hex(hex, sizeof hex, h, 32);
+    return json_string(hex);
+}
+
+static int site_hashes(struct ap_store *st, const char *site, json_t *sites)
+{
+    unsigned char hi[32], hr[32];
+    int rv = ap_store_query_hash(st,
+                                 "SELECT " AP_STATE_HASH_INSTANCE_COLUMNS
+                                 " FROM instances WHERE site = ?1 ORDER BY id",
+                                 site, hi);
+    if (rv == 0) {
+        rv = ap_store_query_hash(st,
+                                 "SELECT " AP_STATE_HASH_RIGHTS_COLUMNS
+                                 " FROM site_rights WHERE site = ?1 ORDER BY tenant, resource",
+                                 site, hr);
+    }
+    if (rv == 0) {
+        json_object_set_new(sites, site,
+                            json_pack("{s:o, s:o}", "instances", hash_json(hi), "rights",
+                                      hash_json(hr)));
+    }
+    return rv;
+}
+
+int catalog__state_hash(struct ap_store *st, json_t **out)
+{
+    unsigned char h[32];
+    int rv = ap_store_content_hash(st, catalog__tables, h);
+    if (rv != 0) {
+        return rv;
+    }
+    json_t *names = json_array();
+    sqlite3_stmt *stmt;
+    rv = ap_store_prepare(st, "SELECT name FROM sites ORDER BY name", &stmt);
+    if (rv == 0) {
+        while ((rv = ap_store_step(st, stmt)) == AP_STORE_ROW) {
+            json_array_append_new(names, json_string((const char *)sqlite3_column_text(stmt, 0)));
+        }
+        rv = rv == AP_STORE_DONE ? 0 : rv;
+    }
+    json_t *sites = json_object();
+    size_t i;
+    json_t *name;
+    json_array_foreach(names, i, name)
+    {
+        if (rv == 0) {
+            rv = site_hashes(st, json_string_value(name), sites);
+        }
+    }
+    json_decref(names);
+    if (rv != 0) {
+        json_decref(sites);
+        return rv;
+    }
+    *out = json_pack("{s:o, s:o}", "catalog", hash_json(h), "sites", sites);
     return *out != NULL ? 0 : AP_ENOMEM;
 }
 

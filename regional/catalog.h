@@ -154,6 +154,15 @@ int catalog__quota_tenant(struct ap_store *st, const char *tenant, struct quota_
  */
 int catalog__quota_view(struct ap_store *st, const char *tenant, json_t **out);
 
+/**
+ * Content hashes of this replica (GET /v1/state/hash, docs/api.md): "catalog"
+ * over catalog__tables, equal on replicas at the same applied index, and per
+ * site "instances" and "rights" over the AP_STATE_HASH_* projections, equal to
+ * what the site reports once the two have converged. Hex SHA-256 strings.
+ * *out is a new reference.
+ */
+int catalog__state_hash(struct ap_store *st, json_t **out);
+
 /** The site named name as JSON (*out new reference); AP_ENOTFOUND when absent. */
 int catalog__site_get(struct ap_store *st, const char *name, json_t **out);
 

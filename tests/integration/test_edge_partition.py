@@ -167,6 +167,17 @@ def main(t):
 
     t.check("usage never exceeded the limit at any sample", usage_within_limit)
 
+    def same_content():
+        mine = site.request_full("GET", "/v1/state/hash").json
+        for n in topo.region_nodes("r1"):
+            theirs = n.request_full("GET", "/v1/state/hash").json["sites"]["r1-s1"]
+            if (theirs["instances"], theirs["rights"]) != (mine["instances"], mine["rights"]):
+                return False
+        return True
+
+    t.check("every regional replica's content hash of the site equals the site's (records and"
+            " rights)", lambda: harness.wait_until(same_content, 10, "equal content hashes"))
+
 
 if __name__ == "__main__":
     harness.run(main)

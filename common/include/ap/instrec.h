@@ -17,6 +17,17 @@
 #define AP_INSTREC_MAX_SPEC (16u * 1024u)
 
 /**
+ * What a site's shard and its region's catalog both hold about the site, in
+ * the column order of the content hashes that `GET /v1/state/hash` reports on
+ * both tiers (docs/api.md): equal hashes mean equal instance records and equal
+ * rights. Both tables name these columns alike.
+ */
+#define AP_STATE_HASH_INSTANCE_COLUMNS                                                           \
+    "id, tenant, name, spec, cpu_millis, memory_mb, created_ts, created_node, desired, "          \
+    "desired_ts, desired_node, actual, actual_ts, actual_node, pid, exit_code, restarts"
+#define AP_STATE_HASH_RIGHTS_COLUMNS "tenant, resource, granted, returned, reserve"
+
+/**
  * One instance. Identity and spec are written once, where the instance is
  * created; desired is a last-writer-wins register in which delete dominates;
  * actual (with pid, exit code, restarts) has one writer, the site

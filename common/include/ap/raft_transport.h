@@ -15,6 +15,7 @@
  * speaking the same handshake.
  */
 struct ap_raft_dial;
+struct ap_raft_watch;
 
 struct ap_raft_transport {
     struct raft_uv_transport iface; /* What raft_uv_init() takes; first member. */
@@ -24,13 +25,29 @@ struct ap_raft_transport {
     char address[64];             /* This node's raft address "ip:port". */
     char local_ip[48];            /* IP outgoing connections bind to. */
     struct ap_raft_dial *pending; /* Connect requests in flight. */
+    struct ap_raft_watch *watches; /* One per peer: its latest outgoing connection. */
     raft_uv_transport_close_cb close_cb;
     int closing;
+    /* Called when the peer of an outgoing connection closed it (see ap_raft_transport_init). */
+    void (*peer_lost)(void *data, raft_id id, const char *address);
+    void *peer_lost_data;
 };
 
 /**
  * Initialise t on loop. After raft_uv_init(io, loop, dir, &t->iface) and
  * raft_init(), raft drives it. Returns 0 or an AP_E* code.
+ *
+ * raft_uv never reads its outgoing connections, so it learns that a peer
+ * went away (killed, restarted) only when a write fails: the first message
+ * after a peer restarted is written into the dead connection and lost (a vote
+ * request, costing a whole election timeout). This transport polls a
+ * duplicate of each outgoing connection's descriptor (reading on raft's own
+ * stream would make libuv refuse raft's next write outright, which raft
+ * treats as fatal); at the peer's FIN or reset it shuts the connection for
+ * writing (raft's next write fails, and raft_uv reconnects) and calls
+ * t->peer_lost(t->peer_lost_data, id, address) if set, so that its owner can
+ * make raft_uv reconnect before a message that matters. The process must
+ * ignore SIGPIPE.
  */
 int ap_raft_transport_init(struct ap_raft_transport *t, uv_loop_t *loop);
 

@@ -220,6 +220,16 @@ int ap_store_restore(struct ap_store *s, const uint8_t *buf, size_t len);
  */
 int ap_store_content_hash(struct ap_store *s, const char *const *tables, unsigned char out[32]);
 
+/**
+ * SHA-256 of the rows a SELECT returns, in the same encoding as
+ * ap_store_content_hash (column names, typed values, row count): for
+ * comparing a projection of two different schemas, e.g. a site's instances in
+ * its shard and in its region's catalog. param, when not NULL, is bound to ?1.
+ * The query must order its rows. Errors: AP_EINVAL (bad SQL), AP_EIO.
+ */
+int ap_store_query_hash(struct ap_store *s, const char *sql, const char *param,
+                        unsigned char out[32]);
+
 /** Statement cache counters into *out. */
 void ap_store_stats(const struct ap_store *s, struct ap_store_stats *out);
 
