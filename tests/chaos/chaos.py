@@ -8,13 +8,17 @@ checkers of checkers.py over it.
 Faults (each seeded and logged with its time): site-cut (iptables between a site's address and
 its region's), one-way-cut (region to site only), node-cut (one regional node from the other
 two), controller-cut (the controller from the region), kill (kill -9 of a regional node, restarted
-from its `cmd`), pause (SIGSTOP/SIGCONT of a regional node for 2-4 s). The same seed gives the
-same schedule. Prints one summary line per run:
+from its `cmd`), pause (SIGSTOP/SIGCONT of a regional node for 2-4 s), clock-skew (a site
+restarted under faketime, its clock 1-10 minutes ahead or behind), disk-full (the site whose
+data directory is a small tmpfs gets it filled). The same seed gives the same schedule.
+
+Clients: registers at the region (PUT/GET /v1/quotas/chaos-kN) and at the controller (PUT
+/v1/quotas/chaos-cN, GET /v1/tenants/chaos-cN); instance creates and deletes through regional
+nodes and sites; quota-consuming creates of a tenant with a small limit from the controller
+(placement), the regional nodes and every site at once. Prints one summary line per run:
   seed=1 scenario=site-cut faults=3 ops=812 violations=0
 and keeps the history (history.jsonl), the fault log (faults.jsonl) and every log under the work
 dir of a failing run. Exit status: 0 when no run had a violation.
-
-Not yet (see docs/testing.md): clock offsets (faketime) and a full disk.
 """
 
 import argparse
@@ -36,11 +40,19 @@ sys.path.insert(0, HERE)
 import checkers  # noqa: E402
 import harness  # noqa: E402
 
-SCENARIOS = ("site-cut", "one-way-cut", "node-cut", "controller-cut", "kill", "pause")
+SCENARIOS = ("site-cut", "one-way-cut", "node-cut", "controller-cut", "kill", "pause",
+             "clock-skew", "disk-full")
 REGION_NET = "127.0.11.0/24"
 CONTROLLER_IP = "127.0.10.1"
 TENANT = "chaos"
+QTENANT = "chaos-q"  # the tenant whose small quota every place competes for
+QLIMIT = 6
 KEYS = 8  # registers for the linearizability checker (more keys: shorter per-key searches)
+CKEYS = 3  # registers at the controller
+SKEW_SITE = "r1-s2"  # restarted under faketime by clock-skew
+DISK_SITE = "r1-s3"  # its data directory is a small tmpfs (disk-full)
+DISK_MB = 48
+FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 PROBE_PORT = 18099
 CONVERGE_S = 30.0
 
@@ -51,6 +63,7 @@ class History:
     def __init__(self, t0):
         self.t0 = t0
         self.events = []
+        self.homes = {}  # instance id -> the site it was created on
         self.lock = threading.Lock()
 
     def now(self):
@@ -67,6 +80,49 @@ def iptables(action, src, dst, both=True):
     for a, b in pairs:
         subprocess.run(["iptables", action, "INPUT", "-s", a, "-d", b, "-j", "DROP"],
                        check=action != "-D", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def disk_unmount(path):
+    subprocess.run(["umount", "-l", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class ChaosTopology(harness.Topology):
+    """archipel dev whose DISK_SITE keeps its data on a DISK_MB tmpfs (for disk-full)."""
+
+    def __init__(self, bin_dir, work_dir):
+        super().__init__(bin_dir, work_dir)
+        self.disk_dir = os.path.join(self.work_dir, "sites", DISK_SITE)
+
+    def prepare(self, addresses):
+        disk_unmount(self.disk_dir)
+        super().prepare(addresses)
+        os.makedirs(self.disk_dir, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dm" % DISK_MB, "tmpfs",
+                        self.disk_dir], check=True)
+
+    def stop(self):
+        try:
+            super().stop()
+        finally:
+            disk_unmount(self.disk_dir)
+
+
+def fill_disk(path):
+    """Write a filler file until the file system is full (bounded); returns bytes written."""
+    chunk = b"\0" * (1 << 20)
+    written = 0
+    with open(os.path.join(path, "chaos-filler"), "wb", buffering=0) as f:
+        for _ in range(4 * DISK_MB):
+            try:
+                written += f.write(chunk)
+            except OSError:
+                break
+        for _ in range(64):  # the last, partial blocks
+            try:
+                written += f.write(chunk[:4096])
+            except OSError:
+                break
+    return written
 
 
 class Faults:
@@ -119,6 +175,26 @@ class Faults:
             os.kill(n.pid, signal.SIGSTOP)
             self.note(kind, node=n.id)
             self.active.append((kind, lambda: os.kill(n.pid, signal.SIGCONT)))
+        elif kind == "clock-skew":
+            site = self.topo.site(SKEW_SITE)
+            offset = self.rng.choice((-1, 1)) * self.rng.randint(60, 600)
+            normal = list(site.cmd)
+            site.kill9()
+            # Through env, which execs: the faketime wrapper forks, and kill -9 of the wrapper
+            # would leave the site running.
+            site.start(cmd=["env", "LD_PRELOAD=" + FAKETIME_LIB, "FAKETIME=%+d" % offset]
+                       + normal)
+            self.note(kind, site=site.id, offset_s=offset)
+
+            def undo():
+                site.kill9()
+                site.start(cmd=normal)
+            self.active.append((kind, undo))
+        elif kind == "disk-full":
+            path = self.topo.disk_dir
+            n = fill_disk(path)
+            self.note(kind, site=DISK_SITE, filler_bytes=n)
+            self.active.append((kind, lambda: os.unlink(os.path.join(path, "chaos-filler"))))
 
     def heal(self):
         healed = False
@@ -160,6 +236,53 @@ def register_client(stop, hist, topo, pid, rng):
         stop.wait(0.05 if st == 0 or st >= 500 else 0.02)
 
 
+def controller_register_client(stop, hist, topo, pid, rng):
+    """Per-key registers at the controller: a tenant's global instance quota (PUT
+    /v1/quotas/{key}, read back with GET /v1/tenants/{key}, both through its raft group)."""
+    ctl = topo.controller
+    seq = 0
+    for _ in range(100000):
+        if stop.is_set():
+            return
+        tenant = "chaos-c%d" % rng.randrange(CKEYS)
+        key = "ctl:" + tenant
+        if rng.random() < 0.5:
+            seq += 1
+            v = pid * 100000 + seq
+            hist.add(pid, "invoke", "write", key, v)
+            st, _ = ctl.request("PUT", "/v1/quotas/%s" % tenant, {"instances": v}, timeout=2.0)
+            hist.add(pid, "ok" if st == 200 else ("fail" if 400 <= st < 500 else "info"),
+                     "write", key, v)
+        else:
+            hist.add(pid, "invoke", "read", key, None)
+            st, body = ctl.request("GET", "/v1/tenants/%s" % tenant, timeout=2.0)
+            if st == 200:
+                hist.add(pid, "ok", "read", key, (body.get("quota") or {}).get("instances"))
+            else:
+                hist.add(pid, "fail", "read", key, None)
+        stop.wait(0.05 if st == 0 or st >= 500 else 0.03)
+
+
+def instance_body(tenant, name, site=None):
+    body = {"name": name, "tenant": tenant, "command": ["sleep", "3600"],
+            "resources": {"cpu_millis": 10, "memory_mb": 8}, "restart": "never"}
+    if site is not None:
+        body["site"] = site
+    return body
+
+
+def record_create(hist, pid, st, resp, created, site):
+    """Complete a create in the history; remember (id, site) of an acknowledged one (in
+    created, and for good in hist.homes)."""
+    if st == 201 and isinstance(resp, dict):
+        inst = resp.get("instance") if "instance" in resp else resp
+        hist.add(pid, "ok", "create", None, inst["id"])
+        created.append((inst["id"], inst.get("site") or site))
+        hist.homes[inst["id"]] = inst.get("site") or site
+    else:
+        hist.add(pid, "fail" if 400 <= st < 500 else "info", "create", None, None)
+
+
 def instance_client(stop, hist, topo, pid, rng, created):
     """Creates (through the region or a site) and deletes instances of TENANT."""
     n = 0
@@ -178,17 +301,44 @@ def instance_client(stop, hist, topo, pid, rng, created):
             site = rng.choice(["r1-s1", "r1-s2", "r1-s3"])
             via_site = rng.random() < 0.5
             via = topo.site(site) if via_site else rng.choice(topo.region_nodes("r1"))
-            body = {"name": "c%d-%d" % (pid, n), "tenant": TENANT, "command": ["sleep", "3600"],
-                    "resources": {"cpu_millis": 10, "memory_mb": 8}, "restart": "never"}
-            if not via_site:
-                body["site"] = site
+            body = instance_body(TENANT, "c%d-%d" % (pid, n), None if via_site else site)
             hist.add(pid, "invoke", "create", None, body["name"])
             st, resp = via.request("POST", "/v1/instances", body, timeout=3.0)
-            if st == 201:
-                hist.add(pid, "ok", "create", None, resp["id"])
-                created.append((resp["id"], site))
+            record_create(hist, pid, st, resp, created, site)
+        stop.wait(0.05)
+
+
+def quota_client(stop, hist, topo, pid, rng, created):
+    """Competes for QTENANT's small quota from every place at once: the controller (placement),
+    a regional node (site named) and each site itself; deletes some to make room again."""
+    n = 0
+    for _ in range(100000):
+        if stop.is_set():
+            return
+        if created and rng.random() < 0.35:
+            iid, site = created.pop(rng.randrange(len(created)))
+            via = rng.choice(topo.region_nodes("r1") + [topo.site(site), topo.controller])
+            hist.add(pid, "invoke", "delete", None, iid)
+            st, _ = via.request("DELETE", "/v1/instances/%s" % iid, timeout=3.0)
+            ok = st == 200
+            hist.add(pid, "ok" if ok else ("fail" if 400 <= st < 500 else "info"), "delete",
+                     None, iid)
+            if not ok and st not in (404, 409):
+                created.append((iid, site))  # try again later
+        else:
+            n += 1
+            site = rng.choice(["r1-s1", "r1-s2", "r1-s3"])
+            place = rng.choice(("controller", "region", "site"))
+            name = "q%d-%d" % (pid, n)
+            if place == "controller":
+                via, body, site = topo.controller, instance_body(QTENANT, name), None
+            elif place == "region":
+                via, body = rng.choice(topo.region_nodes("r1")), instance_body(QTENANT, name, site)
             else:
-                hist.add(pid, "fail" if 400 <= st < 500 else "info", "create", None, None)
+                via, body = topo.site(site), instance_body(QTENANT, name)
+            hist.add(pid, "invoke", "create", None, name)
+            st, resp = via.request("POST", "/v1/instances", body, timeout=3.0)
+            record_create(hist, pid, st, resp, created, site)
         stop.wait(0.05)
 
 
@@ -208,45 +358,80 @@ def prober(stop, probes, url):
         stop.wait(0.1)
 
 
-def quota_sampler(stop, hist, topo, samples):
+def quota_sampler(stop, hist, topo, samples, index_samples):
+    """Every 0.5 s: both tenants' usage against the region's limits; on every site, QTENANT's
+    usage against the rights it holds; every regional replica's applied index and catalog
+    hash."""
     for _ in range(100000):
         if stop.is_set():
             return
         node = topo.region_nodes("r1")[0]
-        st, body = node.request("GET", "/v1/quotas/%s?stale=1" % TENANT, timeout=2.0)
-        if st == 200:
-            samples.append((hist.now(), TENANT, body.get("usage") or {}, body.get("limit") or {}))
+        for tenant in (TENANT, QTENANT):
+            st, body = node.request("GET", "/v1/quotas/%s?stale=1" % tenant, timeout=2.0)
+            if st == 200:
+                samples.append((hist.now(), tenant, body.get("usage") or {},
+                                body.get("limit") or {}))
         for s in topo.sites:
-            st, body = s.request("GET", "/v1/quotas/%s" % TENANT, timeout=2.0)
+            st, body = s.request("GET", "/v1/quotas/%s" % QTENANT, timeout=2.0)
+            if st == 200:
+                samples.append((hist.now(), "%s@%s" % (QTENANT, s.id), body.get("usage") or {},
+                                body.get("held") or {}))
+        for n in topo.region_nodes("r1"):
+            st, body = n.request("GET", "/v1/state/hash", timeout=2.0)
+            if st == 200:
+                index_samples.append((hist.now(), "r1-%s" % n.id, body["applied_index"],
+                                      body["catalog"]))
         stop.wait(0.5)
 
 
 def state_hashes(topo):
-    """(node label, hash) of what each replica holds: regional nodes their whole instance set,
-    each site and the region's view of that site the site's instances."""
+    """(group, node label, hash) of what each replica holds (GET /v1/state/hash): the regional
+    replicas' whole catalogs; per site, the site's shard and each replica's view of that site
+    (instance records and quota rights)."""
     out = []
-
-    def digest(items):
-        return hashlib.sha256(json.dumps(sorted(items)).encode()).hexdigest()[:16]
-
     for n in topo.region_nodes("r1"):
-        st, body = n.request("GET", "/v1/instances?stale=1&deleted=1", timeout=2.0)
+        st, body = n.request("GET", "/v1/state/hash", timeout=2.0)
         if st == 200:
-            items = [(i["id"], i["site"], i["desired"]) for i in body["instances"]]
-            out.append(("region", n.id, digest(items)))
+            out.append(("catalog", "r1-%s" % n.id, body["catalog"]))
             for s in topo.sites:
-                out.append((s.id, "r1-%s" % n.id,
-                            digest([(a, c) for a, b, c in items if b == s.id])))
+                h = body["sites"].get(s.id) or {}
+                out.append((s.id, "r1-%s" % n.id, "%s/%s" % (h.get("instances"),
+                                                            h.get("rights"))))
     for s in topo.sites:
-        st, body = s.request("GET", "/v1/instances?deleted=1", timeout=2.0)
+        st, body = s.request("GET", "/v1/state/hash", timeout=2.0)
         if st == 200:
-            out.append((s.id, s.id, digest([(i["id"], i["desired"]) for i in body["instances"]])))
+            out.append((s.id, s.id, "%s/%s" % (body["instances"], body["rights"])))
     return out
+
+
+def rights_snapshot(topo):
+    """QTENANT's rights after the heal: the region's unassigned part plus what each site holds
+    unused (its own view) plus what is consumed must equal the region's limit."""
+    st, region = topo.leader("r1").request("GET", "/v1/quotas/%s" % QTENANT, timeout=5.0)
+    if st != 200:
+        return {}
+    snap = {}
+    for res in ("instances", "cpu_millis", "memory_mb"):
+        limit = (region.get("limit") or {}).get(res)
+        if limit is None:
+            continue
+        held = {"unassigned": (region.get("unassigned") or {}).get(res, 0)}
+        consumed = 0
+        for s in topo.sites:
+            st, body = s.request("GET", "/v1/quotas/%s" % QTENANT, timeout=5.0)
+            if st != 200:
+                return {}
+            used = (body.get("usage") or {}).get(res, 0)
+            held[s.id] = (body.get("held") or {}).get(res, 0) - used
+            consumed += used
+        snap[(QTENANT, res)] = {"granted": limit, "held": held, "consumed": consumed,
+                                "limit": limit}
+    return snap
 
 
 def run_once(args, scenario, seed, work):
     rng = random.Random("%s/%s" % (seed, scenario))
-    topo = harness.Topology(args.bin_dir, work)
+    topo = ChaosTopology(args.bin_dir, work)
     violations = []
     try:
         topo.start_dev(nodes=3, sites=3)
@@ -254,9 +439,18 @@ def run_once(args, scenario, seed, work):
         harness.expect_status(ctl.request_full("POST", "/v1/tenants", {
             "name": TENANT, "quota": {"instances": 40, "cpu_millis": 100000,
                                       "memory_mb": 100000}}), 201, "tenant")
+        harness.expect_status(ctl.request_full("POST", "/v1/tenants", {
+            "name": QTENANT, "quota": {"instances": QLIMIT}}), 201, "quota tenant")
+        for k in range(CKEYS):
+            harness.expect_status(ctl.request_full("POST", "/v1/tenants", {
+                "name": "chaos-c%d" % k}), 201, "register tenant")
         harness.wait_until(lambda: (topo.leader("r1").request_full(
-            "GET", "/v1/quotas/%s" % TENANT).json or {}).get("limit", {}).get("instances") == 40,
-            15, "allotment in the region")
+            "GET", "/v1/quotas/%s" % QTENANT).json or {}).get("limit", {}).get("instances")
+            == QLIMIT, 15, "allotment in the region")
+        for s in topo.sites:  # what each site may spend while cut off
+            harness.expect_status(topo.leader("r1").request_full(
+                "PUT", "/v1/quotas/%s/reserves/%s" % (QTENANT, s.id), {"instances": 1}), 200,
+                "reserve")
         site1 = topo.site("r1-s1")
         st, web = topo.leader("r1").request("POST", "/v1/instances", {
             "name": "probe", "tenant": TENANT, "site": "r1-s1",
@@ -270,15 +464,21 @@ def run_once(args, scenario, seed, work):
         hist = History(time.monotonic())
         faults = Faults(topo, rng, hist, os.path.join(work, "faults.jsonl"))
         stop = threading.Event()
-        probes, quota_samples, created = [], [], []
+        probes, quota_samples, index_samples, created, qcreated = [], [], [], [], []
         threads = [threading.Thread(target=register_client,
                                     args=(stop, hist, topo, p, random.Random(rng.random())))
                    for p in range(3)]
+        threads += [threading.Thread(target=controller_register_client,
+                                     args=(stop, hist, topo, 5, random.Random(rng.random())))]
         threads += [threading.Thread(target=instance_client,
                                      args=(stop, hist, topo, 10 + p, random.Random(rng.random()),
                                            created)) for p in range(2)]
+        threads += [threading.Thread(target=quota_client,
+                                     args=(stop, hist, topo, 20 + p, random.Random(rng.random()),
+                                           qcreated)) for p in range(3)]
         t_probe = threading.Thread(target=prober, args=(stop, probes, url))
-        t_quota = threading.Thread(target=quota_sampler, args=(stop, hist, topo, quota_samples))
+        t_quota = threading.Thread(target=quota_sampler,
+                                   args=(stop, hist, topo, quota_samples, index_samples))
         for th in threads + [t_probe, t_quota]:
             th.daemon = True
             th.start()
@@ -322,6 +522,7 @@ def run_once(args, scenario, seed, work):
             violations += checkers.check_convergence(
                 heals[-1:] or [0.0], [(t, n, h) for t, (gg, n), h in samples if gg == g],
                 window=CONVERGE_S)
+        violations += checkers.check_same_index(index_samples)
 
         violations += checkers.check_linearizable(
             [e for e in hist.events if e["f"] in ("read", "write")])
@@ -349,10 +550,16 @@ def run_once(args, scenario, seed, work):
                     if i["actual"] == "running":
                         running.setdefault(i["id"], []).append(s.id)
         final["running"] = running
+        # An acknowledged instance must be on the site it was created for.
         violations += checkers.check_no_lost_ops(
             [e for e in hist.events if e["f"] in ("create", "delete")], final,
+            must_hold=lambda iid: [hist.homes.get(iid) or "(site unknown)"],
             preexisting=(web["id"],))
-        violations += checkers.check_quota(quota_samples)
+        rights = rights_snapshot(topo)
+        if not rights:
+            violations.append({"checker": "quota", "kind": "no-rights",
+                               "what": "could not read %s's rights after the heal" % QTENANT})
+        violations += checkers.check_quota(quota_samples, rights)
         violations += checkers.check_availability(
             [(t - hist.t0, ok) for t, ok in probes], faults.cuts, max_gap=1.5)
         violations += checkers.check_single_copy(running)
@@ -379,6 +586,8 @@ def main():
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--scenario", default="all", choices=SCENARIOS + ("all",))
     p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--keep", action="store_true",
+                   help="keep the work dir of passing runs too")
     p.add_argument("--smoke", action="store_true",
                    help="every scenario once, briefly (the test suite's smoke run)")
     args = p.parse_args()
@@ -401,7 +610,7 @@ def main():
         if failed:
             bad += 1
             print("  kept the history and logs of the failing run in %s" % work, flush=True)
-        else:
+        elif not args.keep:
             subprocess.run(["rm", "-rf", work])
     print("chaos: %d run(s), %d with violations" % (len(plan), bad), flush=True)
     return 1 if bad else 0

@@ -9,6 +9,7 @@ Checkers:
   check_linearizable(history, init=None, budget=DEFAULT_BUDGET)
   check_no_lost_ops(history, final, must_hold=None, preexisting=())
   check_convergence(heals, samples, window=30.0, nodes=None, faults=())
+  check_same_index(samples)
   check_quota(samples, rights=None)
   check_availability(probes, cuts, interval=0.1, max_gap=None, max_latency=None)
   check_single_copy(running)
@@ -522,6 +523,30 @@ def check_convergence(heals, samples, window=30.0, nodes=None, faults=()):
         violations.append({"checker": name, "kind": "diverged", "heal": h,
                            "what": what, "latest": dict(latest),
                            "unsampled": unsampled})
+    return violations
+
+
+def check_same_index(samples):
+    """Checker 3b: replicas that applied the same log index hold the same state.
+
+    samples: [(time, node, applied_index, hash)] taken at any moment, faults
+    or not (a raft replica's state is a function of its applied index).  Two
+    samples with equal index and different hashes are a divergence, whoever
+    took them and whenever.
+    """
+    name = "same-index"
+    seen = {}
+    violations = []
+    reported = set()
+    for t, node, index, digest in sorted(samples, key=lambda s: float(s[0])):
+        first = seen.setdefault(index, (t, node, digest))
+        if first[2] != digest and index not in reported:
+            reported.add(index)
+            violations.append({
+                "checker": name, "kind": "diverged", "index": index,
+                "what": "index %s: %s had %s at t=%.3f, %s has %s at t=%.3f"
+                        % (index, first[1], first[2], float(first[0]), node,
+                           digest, float(t))})
     return violations
 
 

@@ -606,6 +606,23 @@ def availability_slow_probe():
 
 
 # ---------------------------------------------------------------------------
+# checker 3b: equal applied index, equal state
+
+SAME = C.check_same_index
+
+
+@case
+def same_index():
+    good = [(1.0, "n1", 10, "a"), (1.1, "n2", 10, "a"), (1.2, "n3", 11, "b"),
+            (2.0, "n1", 11, "b")]
+    expect_pass(SAME(good))
+    expect_pass(SAME([]))
+    bad = good + [(2.5, "n2", 11, "c"), (2.6, "n3", 11, "d")]
+    expect_fail(SAME(bad), kind="diverged", checker="same-index", count=1,
+                contains="index 11: n3 had b")
+
+
+# ---------------------------------------------------------------------------
 # checker 6: single running copy
 
 SINGLE = C.check_single_copy
