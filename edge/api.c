@@ -61,6 +61,27 @@ static void reply_quota(struct ap_http_req *req, const char *tenant, const struc
 }
 
 /*
+ * Answer a write the shard could not store. docs/api.md "Site": a full data
+ * directory is 507 no_space, naming the site and what was not stored; the
+ * site keeps answering reads and takes writes again once there is room.
+ */
+static void reply_write_failed(struct edge_node *n, struct ap_http_req *req, int rv,
+                               const char *what)
+{
+    if (rv != AP_ENOSPACE) {
+        ap_http_reply_err(req, rv, shard__errmsg(n->shard));
+        return;
+    }
+    char msg[AP_ERRMSG_SIZE + 192];
+    snprintf(msg, sizeof msg,
+             "site %s: no space left in its data directory; the %s was not stored (%s)."
+             " Reads still work; free space and retry",
+             n->cfg.site, what, shard__errmsg(n->shard));
+    ap_http_reply_error(req, 507, ap_err_code(AP_ENOSPACE), msg,
+                        json_pack("{s:s, s:s}", "site", n->cfg.site, "write", what));
+}
+
+/*
  * Try to create rec: returns 0 when stored (and replied), AP_EQUOTA when the
  * site holds too few rights (nothing replied; *rt and need say why).
  */
@@ -83,6 +104,11 @@ static int try_create(struct edge_node *n, struct ap_http_req *req, struct ap_in
         ap_http_reply_err(req, AP_EEXIST, msg);
         return 0;
     }
+    if (rv != 0) {
+        shard__rollback(n->shard);
+        reply_write_failed(n, req, rv, "create");
+        return 0;
+    }
     if (rv == 0) {
         rv = shard__rights(n->shard, rec->tenant, rt);
     }
@@ -103,7 +129,7 @@ static int try_create(struct edge_node *n, struct ap_http_req *req, struct ap_in
         shard__rollback(n->shard);
     }
     if (rv != 0) {
-        ap_http_reply_err(req, rv, shard__errmsg(n->shard));
+        reply_write_failed(n, req, rv, "create");
         return 0;
     }
     ap_metric_inc(n->m_creates);
@@ -130,11 +156,14 @@ void api__retry_waiters(struct edge_node *n, bool region_answered_no)
         int64_t need[SHARD_RES_N];
         int rv = try_create(n, w->req, &w->rec, &rt, need);
         if (rv == AP_EQUOTA && !region_answered_no && now < w->deadline_ms &&
-            link__connected(n->link)) {
+            link__connected(n->link) && !shard__full(n->shard)) {
             pp = &w->next;
             continue;
         }
-        if (rv == AP_EQUOTA) {
+        if (rv == AP_EQUOTA && shard__full(n->shard)) {
+            /* The grant cannot be stored either: say what is wrong, not "no quota". */
+            reply_write_failed(n, w->req, AP_ENOSPACE, "create");
+        } else if (rv == AP_EQUOTA) {
             ap_metric_inc(n->m_quota_refused);
             reply_quota(w->req, w->rec.tenant, &rt, need, link__connected(n->link));
         }
@@ -214,6 +243,12 @@ static void h_create(struct ap_http_req *req, void *data)
     int64_t need[SHARD_RES_N];
     rv = try_create(n, req, &rec, &rt, need);
     if (rv != AP_EQUOTA) {
+        ap_instrec_clear(&rec);
+        return;
+    }
+    if (shard__full(n->shard)) {
+        /* Rights the region would grant could not be stored: no point in asking. */
+        reply_write_failed(n, req, AP_ENOSPACE, "create");
         ap_instrec_clear(&rec);
         return;
     }
@@ -334,7 +369,9 @@ static void set_desired(struct edge_node *n, struct ap_http_req *req, enum ap_de
         shard__rollback(n->shard);
     }
     if (rv != 0) {
-        ap_http_reply_err(req, rv, shard__errmsg(n->shard));
+        reply_write_failed(n, req, rv, d == AP_DESIRED_DELETED  ? "delete"
+                                       : d == AP_DESIRED_STOPPED ? "stop"
+                                                                 : "start");
     } else {
         AP_LOG(AP_LOG_INFO, "instance_desired id=%s desired=%s", rec.id, ap_desired_name(d));
         reply_record(req, 200, &rec);
@@ -466,13 +503,14 @@ static void h_health(struct ap_http_req *req, void *data)
         shard__free_list(list, count);
     }
     ap_http_reply_json(req, 200,
-                       json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:o, s:I, s:I}", "tier", "edge",
-                                 "site", n->cfg.site, "region", n->cfg.region, "link",
+                       json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:o, s:I, s:I, s:s}", "tier",
+                                 "edge", "site", n->cfg.site, "region", n->cfg.region, "link",
                                  link__connected(n->link) ? "connected" : "disconnected",
                                  "region_node", link__peer(n->link), "instances", (json_int_t)count,
                                  "capabilities", reconcile__capabilities(n->reconcile), "local_seq",
                                  (json_int_t)shard__seq(n->shard), "region_applied",
-                                 (json_int_t)shard__meta(n->shard, "region_applied")));
+                                 (json_int_t)shard__meta(n->shard, "region_applied"), "storage",
+                                 shard__full(n->shard) ? "full" : "ok"));
 }
 
 static void h_metrics(struct ap_http_req *req, void *data)
@@ -483,6 +521,12 @@ static void h_metrics(struct ap_http_req *req, void *data)
     ap_metric_set(n->m_link_up, link__connected(n->link) ? 1 : 0);
     ap_metric_set(n->m_deltas_sent, (double)ls.deltas_sent);
     ap_metric_set(n->m_deltas_applied, (double)ls.deltas_applied);
+    ap_metric_set(n->m_disk_full, shard__full(n->shard) ? 1 : 0);
+    /* Counters only go up: add what happened since the last scrape. */
+    ap_metric_add(n->m_disk_full_writes,
+                  (double)shard__full_errors(n->shard) - ap_metric_value(n->m_disk_full_writes));
+    ap_metric_add(n->m_log_dropped, (double)reconcile__log_dropped(n->reconcile) -
+                                        ap_metric_value(n->m_log_dropped));
     ap_http_reply_metrics(req, n->metrics);
 }
 

@@ -39,6 +39,10 @@ struct link {
     struct ap_conn_dialer *dialer;
     struct ap_conn *conn; /* Current link, when up. */
     bool hello_done;
+    /* A region DELTA could not be stored (disk full): later ones on this connection are
+     * ignored, since applying them would skip the first; link__resync reconnects so that
+     * the region resends from what the shard holds (docs/edge.md "Full disk"). */
+    bool deltas_blocked;
     uint64_t sent_seq; /* Local changes up to here were sent on this link. */
     unsigned inflight; /* DELTAs sent and not yet acknowledged. */
     uint64_t last_rx_ms;
@@ -269,6 +273,7 @@ static void on_msg(struct ap_conn *c, const struct ap_wire_msg *m)
     uint64_t v = 0;
     char text[96] = "", code[32] = "";
     bool ok = false;
+    int rv;
     switch (m->type) {
     case AP_WIRE_HELLO:
         if (ap_mp_get_u64(&up.data, "applied", &v, INT64_MAX, true, errmsg) != 0) {
@@ -311,7 +316,18 @@ static void on_msg(struct ap_conn *c, const struct ap_wire_msg *m)
         ap_conn_close(c, NULL);
         break;
     case AP_WIRE_DELTA:
-        if (apply_delta(l, &up.data, errmsg) != 0) {
+        if (l->deltas_blocked) {
+            l->stats.deltas_deferred++;
+            break;
+        }
+        rv = apply_delta(l, &up.data, errmsg);
+        if (rv == AP_ENOSPACE) {
+            /* Keep the link (heartbeats, our own changes) and wait for room. */
+            l->deltas_blocked = true;
+            l->stats.deltas_deferred++;
+            AP_LOG(AP_LOG_WARN, "link_deltas_deferred peer=%s reason=no_space err=\"%s\"",
+                   ap_conn_peer(c), errmsg);
+        } else if (rv != 0) {
             AP_LOG(AP_LOG_WARN, "link_delta_rejected peer=%s err=\"%s\"", ap_conn_peer(c), errmsg);
             /* Reconnecting makes the region resend from what we applied. */
             ap_conn_close(c, NULL);
@@ -319,8 +335,13 @@ static void on_msg(struct ap_conn *c, const struct ap_wire_msg *m)
         break;
     case AP_WIRE_STATE:
         /* docs/security.md: what this site authenticates with while cut off. */
-        if (shard__auth_put(l->sh, &up.data) != 0) {
+        rv = shard__auth_put(l->sh, &up.data);
+        if (rv != 0) {
             AP_LOG(AP_LOG_WARN, "link_state_rejected err=\"%s\"", shard__errmsg(l->sh));
+        }
+        if (rv == AP_ENOSPACE) {
+            /* The region sends STATE again on a new connection: resync once there is room. */
+            l->deltas_blocked = true;
         }
         break;
     case AP_WIRE_ACK:
@@ -353,6 +374,7 @@ static void on_connect(struct ap_conn *c)
     struct link *l = ap_conn_data(c);
     l->conn = c;
     l->hello_done = false;
+    l->deltas_blocked = false;
     l->last_rx_ms = uv_now(l->loop);
     send_hello(l);
 }
@@ -401,6 +423,18 @@ static void on_flush(uv_timer_t *t)
 void link__kick(struct link *l)
 {
     flush_changes(l);
+}
+
+void link__resync(struct link *l)
+{
+    if (!l->deltas_blocked || l->conn == NULL || l->stopping) {
+        return;
+    }
+    l->deltas_blocked = false;
+    AP_LOG(AP_LOG_INFO, "link_resync peer=%s reason=space_recovered deferred=%llu",
+           ap_conn_peer(l->conn), (unsigned long long)l->stats.deltas_deferred);
+    /* The region's HELLO answer makes it resend everything after region_applied. */
+    ap_conn_close(l->conn, NULL);
 }
 
 int link__request_rights(struct link *l, const char *tenant, const int64_t want[SHARD_RES_N])

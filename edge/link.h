@@ -55,6 +55,13 @@ const char *link__peer(const struct link *l);
 void link__kick(struct link *l);
 
 /**
+ * Once the shard takes writes again after a region DELTA failed for lack of
+ * space: reconnect, so that the region resends what was not stored. Does
+ * nothing when no DELTA was deferred on the current connection.
+ */
+void link__resync(struct link *l);
+
+/**
  * Ask the region for more rights for tenant (amounts per shard_res).
  * Returns 0 (the answer comes through hooks.rights_answer) or AP_ECONN when
  * not linked.
@@ -64,6 +71,7 @@ int link__request_rights(struct link *l, const char *tenant, const int64_t want[
 /** Counters for metrics: deltas sent/received, bytes sent. */
 struct link_stats {
     uint64_t deltas_sent, deltas_applied, records_sent, records_applied, bytes_sent, connects;
+    uint64_t deltas_deferred; /* Region DELTAs not applied for lack of space (resent later). */
 };
 void link__stats(const struct link *l, struct link_stats *out);
 

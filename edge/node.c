@@ -12,6 +12,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+/* How often a full shard is probed for room again (docs/edge.md "Full disk"). */
+#define NODE_PROBE_MS 1000
+
 void node__changed(struct edge_node *n)
 {
     link__kick(n->link);
@@ -55,23 +58,34 @@ static void return_unused_rights(struct edge_node *n)
         return;
     }
     bool returned = false;
-    if (shard__begin(n->shard) == 0) {
-        for (size_t i = 0; i < nt; i++) {
+    int rv = shard__full(n->shard) ? AP_ENOSPACE : shard__begin(n->shard);
+    if (rv == 0) {
+        for (size_t i = 0; rv == 0 && i < nt; i++) {
             struct shard_rights rt;
             if (shard__rights(n->shard, tenants[i], &rt) != 0) {
                 continue;
             }
-            for (int k = 0; k < SHARD_RES_N; k++) {
+            for (int k = 0; rv == 0 && k < SHARD_RES_N; k++) {
                 int64_t surplus = rt.granted[k] - rt.returned[k] - rt.usage[k] - rt.reserve[k];
-                if (surplus > 0 &&
-                    shard__rights_return(n->shard, tenants[i], (enum shard_res)k, surplus) == 0) {
+                if (surplus <= 0) {
+                    continue;
+                }
+                /* A failed write may have ended the transaction: stop, or the next
+                 * statements would commit one by one. */
+                rv = shard__rights_return(n->shard, tenants[i], (enum shard_res)k, surplus);
+                if (rv == 0) {
                     returned = true;
                     AP_LOG(AP_LOG_DEBUG, "rights_returned tenant=%s resource=%s amount=%lld",
                            tenants[i], shard__res_name((enum shard_res)k), (long long)surplus);
                 }
             }
         }
-        if (shard__commit(n->shard) != 0) {
+        if (rv == 0) {
+            rv = shard__commit(n->shard);
+        } else {
+            shard__rollback(n->shard);
+        }
+        if (rv != 0) {
             returned = false;
         }
     }
@@ -84,6 +98,20 @@ static void return_unused_rights(struct edge_node *n)
     }
 }
 
+/*
+ * docs/edge.md "Full disk": while the shard is full, try a small write every
+ * second, so that the site notices the room coming back even when nobody
+ * writes to it.
+ */
+static void probe_storage(struct edge_node *n, uint64_t now)
+{
+    if (!shard__full(n->shard) || now - n->last_probe_ms < NODE_PROBE_MS) {
+        return;
+    }
+    n->last_probe_ms = now;
+    shard__probe(n->shard);
+}
+
 static void on_waiter_timer(uv_timer_t *t)
 {
     struct edge_node *n = AP_CONTAINER_OF(t, struct edge_node, waiter_timer);
@@ -91,6 +119,12 @@ static void on_waiter_timer(uv_timer_t *t)
         api__retry_waiters(n, false);
     }
     uint64_t now = uv_now(n->loop);
+    probe_storage(n, now);
+    if (!shard__full(n->shard)) {
+        /* Redo what could not be stored while the disk was full, if anything. */
+        link__resync(n->link);
+        reconcile__retry(n->reconcile);
+    }
     if (now - n->last_return_ms >= 5000) {
         n->last_return_ms = now;
         return_unused_rights(n);
@@ -174,6 +208,17 @@ int edge_node_start(struct edge_node **out, uv_loop_t *loop, const struct edge_c
                                       "Instances created through this site's API.", labels);
     n->m_quota_refused = ap_metrics_counter(n->metrics, "archipel_site_quota_refused_total",
                                             "Creates refused for lack of quota rights.", labels);
+    n->m_disk_full = ap_metrics_gauge(
+        n->metrics, "archipel_site_disk_full",
+        "1 while the site's data directory is full (its last write failed for lack of space).",
+        labels);
+    n->m_disk_full_writes =
+        ap_metrics_counter(n->metrics, "archipel_site_disk_full_writes_total",
+                           "Shard writes that failed for lack of space since start.", labels);
+    n->m_log_dropped = ap_metrics_counter(
+        n->metrics, "archipel_site_log_dropped_bytes_total",
+        "Workload output bytes the shims could not write to their log files (disk full).",
+        labels);
 
     if ((rv = reconcile__start(&n->reconcile, n, errmsg)) != 0) {
         return rv;

@@ -28,8 +28,9 @@ struct edge_node {
     struct rights_waiter *waiters; /* Creates waiting for rights from the region. */
     uv_timer_t waiter_timer;
     uint64_t last_return_ms; /* When unused rights were last given back. */
+    uint64_t last_probe_ms;  /* When the full shard was last probed for room. */
     struct ap_metric *m_instances, *m_link_up, *m_deltas_sent, *m_deltas_applied, *m_creates,
-        *m_quota_refused;
+        *m_quota_refused, *m_disk_full, *m_disk_full_writes, *m_log_dropped;
     bool stopping;
     int stop_pending;
     void (*stop_cb)(void *data);

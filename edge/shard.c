@@ -9,12 +9,16 @@
 #include "ap/mp.h"
 #include "ap/store.h"
 
+#include <errno.h>
 #include <sqlite3.h>
 #include <string.h>
 
 struct shard {
     struct ap_store *st;
     uint64_t seq;
+    bool full;              /* The last write failed for lack of space (docs/edge.md). */
+    uint64_t full_errors;   /* Writes that failed for lack of space since open. */
+    uint64_t probes;        /* shard__probe calls, the value it writes. */
     char errmsg[AP_ERRMSG_SIZE];
 };
 
@@ -52,10 +56,42 @@ const char *shard__res_name(enum shard_res r)
     return (unsigned)r < SHARD_RES_N ? res_names[r] : "unknown";
 }
 
+/*
+ * A write failed for lack of space: SQLite says SQLITE_FULL (AP_ENOSPACE), or
+ * an I/O error whose system errno is ENOSPC (growing the WAL index). The first
+ * such failure after a successful write is logged; the shard stays "full"
+ * until a write succeeds again (docs/edge.md "Full disk").
+ */
+static int note_error(struct shard *s, int rv)
+{
+    if (rv == AP_EIO && sqlite3_system_errno(ap_store_db(s->st)) == ENOSPC) {
+        rv = AP_ENOSPACE;
+    }
+    if (rv != AP_ENOSPACE) {
+        return rv;
+    }
+    s->full_errors++;
+    if (!s->full) {
+        s->full = true;
+        AP_LOG(AP_LOG_WARN, "disk_full path=%s err=\"%s\"", ap_store_path(s->st), s->errmsg);
+    }
+    return rv;
+}
+
+/* A write reached the disk: the space problem, if any, is over. */
+static void note_written(struct shard *s)
+{
+    if (s->full) {
+        s->full = false;
+        AP_LOG(AP_LOG_INFO, "disk_space_recovered path=%s refused_writes=%llu",
+               ap_store_path(s->st), (unsigned long long)s->full_errors);
+    }
+}
+
 static int fail(struct shard *s, int rv, const char *what)
 {
     ap_errmsg_set(s->errmsg, "%s: %s", what, ap_store_errmsg(s->st));
-    return rv;
+    return note_error(s, rv);
 }
 
 static int load_seq(struct shard *s)
@@ -126,10 +162,12 @@ int shard__commit(struct shard *s)
 {
     int rv = ap_store_commit(s->st);
     if (rv != 0) {
-        fail(s, rv, "commit");
+        rv = fail(s, rv, "commit");
         ap_store_rollback(s->st);
+        return rv;
     }
-    return rv;
+    note_written(s);
+    return 0;
 }
 
 void shard__rollback(struct shard *s)
@@ -622,7 +660,36 @@ int shard__set_meta(struct shard *s, const char *key, uint64_t value)
     ap_store_bind_text(s->st, stmt, 1, key);
     ap_store_bind_int64(s->st, stmt, 2, (int64_t)value);
     rv = ap_store_step_done(s->st, stmt);
-    return rv != 0 ? fail(s, rv, "write meta") : 0;
+    if (rv != 0) {
+        return fail(s, rv, "write meta");
+    }
+    if (!ap_store_in_transaction(s->st)) {
+        note_written(s); /* autocommit: it is on disk */
+    }
+    return 0;
+}
+
+bool shard__full(const struct shard *s)
+{
+    return s->full;
+}
+
+uint64_t shard__full_errors(const struct shard *s)
+{
+    return s->full_errors;
+}
+
+int shard__probe(struct shard *s)
+{
+    int rv = shard__begin(s);
+    if (rv == 0) {
+        rv = shard__set_meta(s, "disk_probe", ++s->probes);
+    }
+    if (rv == 0) {
+        return shard__commit(s);
+    }
+    shard__rollback(s);
+    return rv;
 }
 
 /* ---- identity state from the region (docs/security.md) ---- */
@@ -642,11 +709,11 @@ int shard__auth_put(struct shard *s, const msgpack_object *state)
     if (pk == NULL || pk_len != 32) {
         return 0; /* The region has no key yet: nothing to enforce. */
     }
-    rv = shard__begin(s);
-    sqlite3_stmt *stmt;
-    if (rv == 0) {
-        rv = ap_store_exec(s->st, "DELETE FROM auth_users");
+    if ((rv = shard__begin(s)) != 0) {
+        return rv;
     }
+    sqlite3_stmt *stmt;
+    rv = ap_store_exec(s->st, "DELETE FROM auth_users");
     if (rv == 0) {
         rv = ap_store_prepare(s->st,
                               "INSERT OR REPLACE INTO auth_key(id, pk, version) VALUES(1, ?1, ?2)",
@@ -683,6 +750,9 @@ int shard__auth_put(struct shard *s, const msgpack_object *state)
     if (rv == 0) {
         rv = shard__commit(s);
     } else {
+        if (rv != AP_EPROTO) {
+            rv = fail(s, rv, "store identity state");
+        }
         shard__rollback(s);
     }
     return rv;

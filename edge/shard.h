@@ -99,6 +99,24 @@ int shard__state_hash(struct shard *s, unsigned char instances[32], unsigned cha
 /** The highest change sequence number given so far. */
 uint64_t shard__seq(const struct shard *s);
 
+/**
+ * Whether the last write failed for lack of space in the data directory
+ * (docs/edge.md "Full disk"): set by a write that fails with AP_ENOSPACE
+ * (logged once as disk_full), cleared by the next write that reaches the disk
+ * (logged as disk_space_recovered). Reads work either way.
+ */
+bool shard__full(const struct shard *s);
+
+/** Writes that failed for lack of space since the shard was opened. */
+uint64_t shard__full_errors(const struct shard *s);
+
+/**
+ * Try a small durable write (meta "disk_probe") to learn whether the disk
+ * has room again: 0 (and shard__full() is false again), or the write's
+ * error (AP_ENOSPACE while still full).
+ */
+int shard__probe(struct shard *s);
+
 /** Persistent counters of the link ("region_applied", "site_seq_acked"); 0 when unset. */
 uint64_t shard__meta(struct shard *s, const char *key);
 int shard__set_meta(struct shard *s, const char *key, uint64_t value);

@@ -665,6 +665,40 @@ static void test_content_hash(void **state)
     ap_store_close(b);
 }
 
+/* A projection of two differently shaped tables hashes alike when the projected rows agree. */
+static void test_query_hash(void **state)
+{
+    (void)state;
+    unsigned char h1[32], h2[32];
+    struct ap_store *a = open_ok(":memory:", AP_STORE_SYNC_OFF);
+    struct ap_store *b = open_ok(":memory:", AP_STORE_SYNC_OFF);
+    assert_int_equal(ap_store_exec(a, "CREATE TABLE t(id TEXT PRIMARY KEY, site TEXT, v INTEGER);"
+                                      "INSERT INTO t VALUES ('x', 's1', 1), ('y', 's2', 2),"
+                                      " ('z', 's1', 3)"),
+                     0);
+    assert_int_equal(ap_store_exec(b, "CREATE TABLE u(v INTEGER, id TEXT, extra TEXT);"
+                                      "INSERT INTO u VALUES (3, 'z', 'a'), (1, 'x', 'b')"),
+                     0);
+    const char *qa = "SELECT id, v FROM t WHERE site = ?1 ORDER BY id";
+    const char *qb = "SELECT id, v FROM u ORDER BY id";
+    assert_int_equal(ap_store_query_hash(a, qa, "s1", h1), 0);
+    assert_int_equal(ap_store_query_hash(b, qb, NULL, h2), 0);
+    assert_memory_equal(h1, h2, 32);
+
+    /* One value differs, one row more: different hashes. */
+    assert_int_equal(ap_store_exec(b, "UPDATE u SET v = 4 WHERE id = 'z'"), 0);
+    assert_int_equal(ap_store_query_hash(b, qb, NULL, h2), 0);
+    assert_memory_not_equal(h1, h2, 32);
+    assert_int_equal(ap_store_query_hash(a, qa, "s2", h2), 0);
+    assert_memory_not_equal(h1, h2, 32);
+
+    /* Bad SQL is an error with a message, not a crash. */
+    assert_true(ap_store_query_hash(a, "SELECT nope FROM t", NULL, h2) < 0);
+    assert_non_null(strstr(ap_store_errmsg(a), "content hash"));
+    ap_store_close(a);
+    ap_store_close(b);
+}
+
 static double now_ms(void)
 {
     struct timespec ts;
@@ -739,6 +773,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restore_other_page_size, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restore_garbage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_content_hash, setup, teardown),
+        cmocka_unit_test(test_query_hash),
         cmocka_unit_test_setup_teardown(test_busy, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
