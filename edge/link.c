@@ -422,7 +422,11 @@ static void on_flush(uv_timer_t *t)
 
 void link__kick(struct link *l)
 {
-    flush_changes(l);
+    /* Re-adopting workloads at start-up records their states before the link exists; the
+     * link sends every change after the acknowledged sequence once it is up. */
+    if (l != NULL) {
+        flush_changes(l);
+    }
 }
 
 void link__resync(struct link *l)

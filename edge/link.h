@@ -51,7 +51,7 @@ bool link__connected(const struct link *l);
 /** "ip:port" of the region node we are linked to, "" when not linked. */
 const char *link__peer(const struct link *l);
 
-/** A local change was committed: send it soon. */
+/** A local change was committed: send it soon. l may be NULL (not started yet). */
 void link__kick(struct link *l);
 
 /**

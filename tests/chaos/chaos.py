@@ -10,7 +10,9 @@ its region's), one-way-cut (region to site only), node-cut (one regional node fr
 two), controller-cut (the controller from the region), kill (kill -9 of a regional node, restarted
 from its `cmd`), pause (SIGSTOP/SIGCONT of a regional node for 2-4 s), clock-skew (a site
 restarted under faketime, its clock 1-10 minutes ahead or behind), disk-full (the site whose
-data directory is a small tmpfs gets it filled). The same seed gives the same schedule.
+data directory is a small tmpfs gets it filled), site-kill (kill -9 of a site, restarted from its
+`cmd`; its workloads live on), controller-kill (the same for the controller). The same seed
+gives the same schedule.
 
 Clients: registers at the region (PUT/GET /v1/quotas/chaos-kN) and at the controller (PUT
 /v1/quotas/chaos-cN, GET /v1/tenants/chaos-cN); instance creates and deletes through regional
@@ -41,7 +43,7 @@ import checkers  # noqa: E402
 import harness  # noqa: E402
 
 SCENARIOS = ("site-cut", "one-way-cut", "node-cut", "controller-cut", "kill", "pause",
-             "clock-skew", "disk-full")
+             "clock-skew", "disk-full", "site-kill", "controller-kill")
 REGION_NET = "127.0.11.0/24"
 CONTROLLER_IP = "127.0.10.1"
 TENANT = "chaos"
@@ -55,6 +57,18 @@ DISK_MB = 48
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 PROBE_PORT = 18099
 CONVERGE_S = 30.0
+
+
+def outcome(st, body):
+    """History type of a completed write: ok, fail (certainly not done: a 4xx, or a connection
+    refused, which no server saw) or info (unknown: timeouts, 5xx)."""
+    if st == 200:
+        return "ok"
+    if 400 <= st < 500:
+        return "fail"
+    if st == 0 and "refused" in str((body or {}).get("no_answer", "")).lower():
+        return "fail"
+    return "info"
 
 
 class History:
@@ -175,6 +189,16 @@ class Faults:
             os.kill(n.pid, signal.SIGSTOP)
             self.note(kind, node=n.id)
             self.active.append((kind, lambda: os.kill(n.pid, signal.SIGCONT)))
+        elif kind == "site-kill":
+            site = self.rng.choice(self.topo.sites)
+            site.kill9()
+            self.note(kind, site=site.id)
+            self.active.append((kind, lambda: site.start()))
+        elif kind == "controller-kill":
+            ctl = self.topo.controller
+            ctl.kill9()
+            self.note(kind)
+            self.active.append((kind, lambda: ctl.start()))
         elif kind == "clock-skew":
             site = self.topo.site(SKEW_SITE)
             offset = self.rng.choice((-1, 1)) * self.rng.randint(60, 600)
@@ -223,9 +247,8 @@ def register_client(stop, hist, topo, pid, rng):
             seq += 1
             v = pid * 100000 + seq
             hist.add(pid, "invoke", "write", key, v)
-            st, _ = node.request("PUT", "/v1/quotas/%s" % key, {"instances": v}, timeout=2.0)
-            hist.add(pid, "ok" if st == 200 else ("fail" if 400 <= st < 500 else "info"),
-                     "write", key, v)
+            st, body = node.request("PUT", "/v1/quotas/%s" % key, {"instances": v}, timeout=2.0)
+            hist.add(pid, outcome(st, body), "write", key, v)
         else:
             hist.add(pid, "invoke", "read", key, None)
             st, body = node.request("GET", "/v1/quotas/%s" % key, timeout=2.0)
@@ -250,9 +273,9 @@ def controller_register_client(stop, hist, topo, pid, rng):
             seq += 1
             v = pid * 100000 + seq
             hist.add(pid, "invoke", "write", key, v)
-            st, _ = ctl.request("PUT", "/v1/quotas/%s" % tenant, {"instances": v}, timeout=2.0)
-            hist.add(pid, "ok" if st == 200 else ("fail" if 400 <= st < 500 else "info"),
-                     "write", key, v)
+            st, body = ctl.request("PUT", "/v1/quotas/%s" % tenant, {"instances": v},
+                                   timeout=2.0)
+            hist.add(pid, outcome(st, body), "write", key, v)
         else:
             hist.add(pid, "invoke", "read", key, None)
             st, body = ctl.request("GET", "/v1/tenants/%s" % tenant, timeout=2.0)
@@ -586,6 +609,8 @@ def main():
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--scenario", default="all", choices=SCENARIOS + ("all",))
     p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--regressions", metavar="FILE",
+                   help="run every 'seed scenario duration' line of FILE (regressions.txt)")
     p.add_argument("--keep", action="store_true",
                    help="keep the work dir of passing runs too")
     p.add_argument("--smoke", action="store_true",
@@ -593,7 +618,17 @@ def main():
     args = p.parse_args()
     args.bin_dir = os.path.abspath(args.bin_dir)
     plan = []
-    if args.smoke:
+    durations = {}
+    if args.regressions:
+        with open(args.regressions) as f:
+            for line in f:
+                if line.strip() and not line.startswith("#"):
+                    seed, scenario, duration = line.split()[:3]
+                    if scenario not in SCENARIOS + ("all",):
+                        p.error("%s: unknown scenario %r" % (args.regressions, scenario))
+                    plan.append((scenario, seed))
+                    durations[(scenario, seed)] = float(duration)
+    elif args.smoke:
         args.duration = min(args.duration, 4.0)
         plan = [(sc, args.seed) for sc in SCENARIOS]
     else:
@@ -602,6 +637,7 @@ def main():
     bad = 0
     for scenario, seed in plan:
         work = os.path.abspath(os.path.join(args.work_dir, "%s-%s" % (scenario, seed)))
+        args.duration = durations.get((scenario, seed), args.duration)
         try:
             failed = bool(run_once(args, scenario, seed, work))
         except Exception as e:  # a run that could not even start counts as failed

@@ -1,6 +1,7 @@
 """Workloads survive kill -9 of archipel-edge; the restarted daemon re-adopts them, once each."""
 
 import os
+import time
 
 import harness
 
@@ -51,7 +52,22 @@ def main(t):
         20, "alpha and beta running"))
     before = {i: s["pid"] for i, s in states().items()}
 
+    # A workload that ends while its daemon is dead: the restarted daemon records its end while
+    # re-adopting, before its link to the region exists (this crashed it, found by the chaos
+    # suite's site-kill scenario).
+    r = site.request_full("POST", "/v1/instances", {
+        "name": "gamma", "tenant": "acme", "command": ["sleep", "2"], "restart": "never",
+        "resources": {"cpu_millis": 10, "memory_mb": 10}})
+    harness.expect_status(r, 201, "create gamma on the site")
+    gamma = r.json["id"]
+    t.check("gamma runs", lambda: harness.wait_until(
+        lambda: site.request_full("GET", "/v1/instances/%s" % gamma).json.get("actual") ==
+        "running", 10, "gamma running"))
+
     site.kill9()
+    harness.wait_until(lambda: site.request_full("GET", "/v1/health").status == 0, 5,
+                       "site daemon gone")
+    time.sleep(2.5)  # gamma's sleep 2 ends meanwhile
     t.check("workloads keep running while the daemon is dead",
             lambda: all(harness._pid_alive(p) for p in before.values()) or
             (_ for _ in ()).throw(AssertionError("a workload died with its daemon: %s" % before)))
@@ -59,6 +75,9 @@ def main(t):
     site.start()
     t.check("the restarted daemon answers", lambda: harness.wait_until(
         lambda: site.request_full("GET", "/v1/health").status == 200, 20, "site health"))
+    t.check("the workload that ended meanwhile is recorded as exited", lambda: harness.wait_until(
+        lambda: site.request_full("GET", "/v1/instances/%s" % gamma).json.get("actual") in
+        ("exited", "stopped"), 10, "gamma exited"))
     t.check("the same workloads are adopted, not restarted", lambda: harness.wait_until(
         lambda: {i: s.get("pid") for i, s in states().items()} == before and
         all(s["actual"] == "running" for s in states().values()), 15,
