@@ -62,7 +62,7 @@ CONVERGE_S = 30.0
 def outcome(st, body):
     """History type of a completed write: ok, fail (certainly not done: a 4xx, or a connection
     refused, which no server saw) or info (unknown: timeouts, 5xx)."""
-    if st == 200:
+    if st in (200, 201):
         return "ok"
     if 400 <= st < 500:
         return "fail"
@@ -307,18 +307,27 @@ def record_create(hist, pid, st, resp, created, site):
 
 
 def instance_client(stop, hist, topo, pid, rng, created):
-    """Creates (through the region or a site) and deletes instances of TENANT."""
+    """Manages its own instances of TENANT: creates (through the region or a site), stops,
+    starts and deletes them through a regional node or their site. One client per instance,
+    one command at a time: checker 7 expects the last acknowledged command to win."""
     n = 0
+    live = []
     for _ in range(100000):
         if stop.is_set():
             return
-        if created and rng.random() < 0.3:
-            iid, site = rng.choice(created)
+        r = rng.random()
+        if live and r < 0.45:
+            iid, site = rng.choice(live)
+            f = "delete" if r < 0.12 else rng.choice(("stop", "start"))
             via = rng.choice(topo.region_nodes("r1") + [topo.site(site)])
-            hist.add(pid, "invoke", "delete", None, iid)
-            st, _ = via.request("DELETE", "/v1/instances/%s" % iid, timeout=3.0)
-            hist.add(pid, "ok" if st == 200 else ("fail" if 400 <= st < 500 else "info"),
-                     "delete", None, iid)
+            hist.add(pid, "invoke", f, None, iid)
+            if f == "delete":
+                st, body = via.request("DELETE", "/v1/instances/%s" % iid, timeout=3.0)
+            else:
+                st, body = via.request("POST", "/v1/instances/%s/%s" % (iid, f), timeout=3.0)
+            hist.add(pid, outcome(st, body), f, None, iid)
+            if f == "delete" and st == 200:
+                live.remove((iid, site))
         else:
             n += 1
             site = rng.choice(["r1-s1", "r1-s2", "r1-s3"])
@@ -327,8 +336,9 @@ def instance_client(stop, hist, topo, pid, rng, created):
             body = instance_body(TENANT, "c%d-%d" % (pid, n), None if via_site else site)
             hist.add(pid, "invoke", "create", None, body["name"])
             st, resp = via.request("POST", "/v1/instances", body, timeout=3.0)
-            record_create(hist, pid, st, resp, created, site)
+            record_create(hist, pid, st, resp, live, site)
         stop.wait(0.05)
+    created.extend(live)
 
 
 def quota_client(stop, hist, topo, pid, rng, created):
@@ -495,7 +505,7 @@ def run_once(args, scenario, seed, work):
                                      args=(stop, hist, topo, 5, random.Random(rng.random())))]
         threads += [threading.Thread(target=instance_client,
                                      args=(stop, hist, topo, 10 + p, random.Random(rng.random()),
-                                           created)) for p in range(2)]
+                                           created)) for p in range(3)]
         threads += [threading.Thread(target=quota_client,
                                      args=(stop, hist, topo, 20 + p, random.Random(rng.random()),
                                            qcreated)) for p in range(3)]
@@ -565,10 +575,12 @@ def run_once(args, scenario, seed, work):
             time.sleep(0.5)
         final = {}
         running = {}
+        desired = {}
         for s in topo.sites:
             st, body = s.request("GET", "/v1/instances?deleted=1", timeout=5.0)
             if st == 200:
                 final[s.id] = {i["id"] for i in body["instances"] if i["desired"] != "deleted"}
+                desired.update((i["id"], i["desired"]) for i in body["instances"])
                 for i in body["instances"]:
                     if i["actual"] == "running":
                         running.setdefault(i["id"], []).append(s.id)
@@ -586,6 +598,8 @@ def run_once(args, scenario, seed, work):
         violations += checkers.check_availability(
             [(t - hist.t0, ok) for t, ok in probes], faults.cuts, max_gap=1.5)
         violations += checkers.check_single_copy(running)
+        violations += checkers.check_final_desired(
+            [e for e in hist.events if e["f"] in ("create", "stop", "start", "delete")], desired)
         with open(os.path.join(work, "history.jsonl"), "w") as f:
             for e in hist.events:
                 f.write(json.dumps(e) + "\n")

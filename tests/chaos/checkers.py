@@ -13,6 +13,7 @@ Checkers:
   check_quota(samples, rights=None)
   check_availability(probes, cuts, interval=0.1, max_gap=None, max_latency=None)
   check_single_copy(running)
+  check_final_desired(history, final)
 Helpers:
   pair_ops(history) -> (ops, malformed)
   read_jsonl(path) -> history
@@ -715,6 +716,54 @@ def check_single_copy(running):
 
 
 # ---------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------
+# 7. the last acknowledged command on an instance wins
+
+EFFECT = {"create": "running", "start": "running", "stop": "stopped",
+          "delete": "deleted"}
+
+
+def check_final_desired(history, final):
+    """Checker 7: once converged, an instance's desired state is what the last
+    acknowledged command on it asked for.
+
+    history: "create" (ok value: the id), "start", "stop", "delete" (invoke
+    value: the id) ops.  final: {id: desired state} observed after the heal.
+    Only instances whose commands all came from one process (one after the
+    other) and all completed (no unknown outcome) are judged; a failed
+    command changed nothing.  A later command stamped below an earlier one
+    (clock skew between the places that took them) loses under
+    last-writer-wins: this is what catches it.
+    """
+    name = "final-desired"
+    ops, violations = pair_ops(history, name)
+    per = {}
+    for op in ops:
+        if op.f not in EFFECT:
+            continue
+        iid = _instance_id(op, op.f == "create")
+        if iid is None:
+            continue
+        per.setdefault(iid, []).append(op)
+    for iid in sorted(per, key=repr):
+        seq = sorted(per[iid], key=lambda o: o.start)
+        if len({o.process for o in seq}) != 1 or any(o.type == INFO for o in seq):
+            continue
+        done = [o for o in seq if o.type == OK]
+        if not done or iid not in final:
+            continue
+        want = EFFECT[done[-1].f]
+        got = final[iid]
+        if got != want:
+            violations.append({
+                "checker": name, "kind": "overridden", "id": iid,
+                "what": "instance %r: last acknowledged command was %s (at "
+                        "t=%.3f), yet its desired state is %r, not %r"
+                        % (iid, done[-1].f, done[-1].end, got, want),
+                "commands": [o.as_dict() for o in seq]})
+    return violations
+
 
 def main(argv):
     """python3 checkers.py HISTORY.jsonl  -- run checker 1 on a file."""

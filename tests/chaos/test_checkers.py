@@ -638,6 +638,39 @@ def single_copy():
 
 
 # ---------------------------------------------------------------------------
+# checker 7: the last acknowledged command wins
+
+FINAL = C.check_final_desired
+
+
+def cmd(p, f, iid, t0, t1, typ="ok"):
+    evs = [{"process": p, "type": "invoke", "f": f, "key": None,
+            "value": None if f == "create" else iid, "time": t0}]
+    if typ is not None:
+        evs.append({"process": p, "type": typ, "f": f, "key": None,
+                    "value": iid if typ == "ok" else None, "time": t1})
+    return evs
+
+
+@case
+def final_desired():
+    h = cmd(1, "create", "a", 0, 1) + cmd(1, "stop", "a", 2, 3) + \
+        cmd(1, "start", "a", 4, 5) + cmd(1, "create", "b", 6, 7) + \
+        cmd(1, "stop", "b", 8, 9) + cmd(1, "start", "b", 10, 11, typ="fail")
+    expect_pass(FINAL(h, {"a": "running", "b": "stopped"}))
+    expect_fail(FINAL(h, {"a": "stopped", "b": "stopped"}), kind="overridden",
+                checker="final-desired", count=1,
+                contains="last acknowledged command was start")
+    # an unknown outcome, or commands from two processes: not judged
+    h2 = cmd(1, "create", "c", 0, 1) + cmd(1, "stop", "c", 2, None, typ=None)
+    expect_pass(FINAL(h2, {"c": "running"}))
+    h3 = cmd(1, "create", "d", 0, 1) + cmd(2, "stop", "d", 2, 3)
+    expect_pass(FINAL(h3, {"d": "running"}))
+    h4 = cmd(1, "create", "e", 0, 1) + cmd(1, "delete", "e", 2, 3)
+    expect_fail(FINAL(h4, {"e": "running"}), contains="'deleted'")
+
+
+# ---------------------------------------------------------------------------
 
 def main():
     failed = 0
