@@ -974,10 +974,12 @@ class Topology:
         if self._stopped:
             return
         self._stopped = True
+        everyone = self.nodes + self.sites + ([self.controller] if self.controller else [])
         for n in self.nodes:
             n.check_death()
         try:
-            mine = [n for n in self.nodes if n.popen is not None and n.alive()]
+            # Processes this harness (re)started itself; archipel dev stops only its own children.
+            mine = [n for n in everyone if n.popen is not None and n.alive()]
             for n in mine:
                 n.terminate()
             for n in self.nodes:
