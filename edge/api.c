@@ -304,8 +304,8 @@ static void h_list(struct ap_http_req *req, void *data)
     }
     json_t *arr = json_array();
     for (size_t i = 0; i < count; i++) {
-        struct ap_target t = {.tenant = list[i].tenant, .region = n->cfg.region,
-                              .site = n->cfg.site};
+        struct ap_target t = {
+            .tenant = list[i].tenant, .region = n->cfg.region, .site = n->cfg.site};
         if (c == NULL || ap_authz_check(c, AP_ACT_READ, &t, NULL) == 0) {
             json_array_append_new(arr, ap_instjson_render(&list[i]));
         }
@@ -369,9 +369,10 @@ static void set_desired(struct edge_node *n, struct ap_http_req *req, enum ap_de
         shard__rollback(n->shard);
     }
     if (rv != 0) {
-        reply_write_failed(n, req, rv, d == AP_DESIRED_DELETED  ? "delete"
-                                       : d == AP_DESIRED_STOPPED ? "stop"
-                                                                 : "start");
+        reply_write_failed(n, req, rv,
+                           d == AP_DESIRED_DELETED   ? "delete"
+                           : d == AP_DESIRED_STOPPED ? "stop"
+                                                     : "start");
     } else {
         AP_LOG(AP_LOG_INFO, "instance_desired id=%s desired=%s", rec.id, ap_desired_name(d));
         reply_record(req, 200, &rec);
@@ -525,8 +526,8 @@ static void h_metrics(struct ap_http_req *req, void *data)
     /* Counters only go up: add what happened since the last scrape. */
     ap_metric_add(n->m_disk_full_writes,
                   (double)shard__full_errors(n->shard) - ap_metric_value(n->m_disk_full_writes));
-    ap_metric_add(n->m_log_dropped, (double)reconcile__log_dropped(n->reconcile) -
-                                        ap_metric_value(n->m_log_dropped));
+    ap_metric_add(n->m_log_dropped,
+                  (double)reconcile__log_dropped(n->reconcile) - ap_metric_value(n->m_log_dropped));
     ap_http_reply_metrics(req, n->metrics);
 }
 

@@ -217,8 +217,7 @@ int edge_node_start(struct edge_node **out, uv_loop_t *loop, const struct edge_c
                            "Shard writes that failed for lack of space since start.", labels);
     n->m_log_dropped = ap_metrics_counter(
         n->metrics, "archipel_site_log_dropped_bytes_total",
-        "Workload output bytes the shims could not write to their log files (disk full).",
-        labels);
+        "Workload output bytes the shims could not write to their log files (disk full).", labels);
 
     if ((rv = reconcile__start(&n->reconcile, n, errmsg)) != 0) {
         return rv;

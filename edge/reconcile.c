@@ -18,12 +18,21 @@ struct acted {
     uint64_t desired_ts;
 };
 
+/* An actual state the shard could not store (disk full), to store once it can. */
+struct unrecorded {
+    char id[AP_INSTREC_ID_SIZE];
+    enum ap_actual actual;
+    int64_t pid, exit_code, restarts;
+};
+
 struct reconcile {
     struct edge_node *n;
     struct driver_process *driver;
     struct driver_process_caps caps;
     struct acted *acted;
     size_t n_acted, cap_acted;
+    struct unrecorded *unrec;
+    size_t n_unrec, cap_unrec;
     bool running; /* Re-entrance guard: events fire while we act. */
     void (*stop_cb)(void *data);
     void *stop_data;
@@ -72,17 +81,70 @@ static enum ap_actual actual_of(const struct driver_process_status *st)
     }
 }
 
-/* Record what the driver says in the shard (the site owns the actual state). */
+static struct unrecorded *unrec_find(struct reconcile *r, const char *id)
+{
+    for (size_t i = 0; i < r->n_unrec; i++) {
+        if (strcmp(r->unrec[i].id, id) == 0) {
+            return &r->unrec[i];
+        }
+    }
+    return NULL;
+}
+
+static void unrec_drop(struct reconcile *r, const char *id)
+{
+    struct unrecorded *u = unrec_find(r, id);
+    if (u != NULL) {
+        *u = r->unrec[--r->n_unrec];
+    }
+}
+
+/* Keep the latest state that could not be stored for id; false when it was already kept. */
+static bool unrec_keep(struct reconcile *r, const char *id, enum ap_actual actual, int64_t pid,
+                       int64_t exit_code, int64_t restarts)
+{
+    struct unrecorded *u = unrec_find(r, id);
+    bool fresh = u == NULL;
+    if (u == NULL) {
+        if (r->n_unrec == r->cap_unrec) {
+            size_t cap = r->cap_unrec == 0 ? 16 : r->cap_unrec * 2;
+            struct unrecorded *grown = ap_realloc(r->unrec, cap * sizeof *grown);
+            if (grown == NULL) {
+                return false; /* Lost until the driver reports this instance again. */
+            }
+            r->unrec = grown;
+            r->cap_unrec = cap;
+        }
+        u = &r->unrec[r->n_unrec++];
+        ap_strlcpy(u->id, id, sizeof u->id);
+    }
+    u->actual = actual;
+    u->pid = pid;
+    u->exit_code = exit_code;
+    u->restarts = restarts;
+    return fresh;
+}
+
+/*
+ * Record what the driver says in the shard (the site owns the actual state).
+ * A state that cannot be stored (disk full) is kept and stored by
+ * reconcile__retry once the shard takes writes again (docs/edge.md "Full disk").
+ */
 static void record_actual(struct reconcile *r, const char *id, enum ap_actual actual, int64_t pid,
                           int64_t exit_code, int64_t restarts)
 {
     struct edge_node *n = r->n;
     struct ap_instrec rec;
-    if (shard__get(n->shard, id, &rec) != 0) {
+    int rv = shard__get(n->shard, id, &rec);
+    if (rv != 0) {
+        if (rv == AP_ENOTFOUND) {
+            unrec_drop(r, id);
+        }
         return;
     }
     if (rec.actual == actual && rec.pid == pid && rec.exit_code == exit_code &&
         rec.restarts == restarts) {
+        unrec_drop(r, id);
         ap_instrec_clear(&rec);
         return;
     }
@@ -91,16 +153,48 @@ static void record_actual(struct reconcile *r, const char *id, enum ap_actual ac
     rec.exit_code = exit_code;
     rec.restarts = restarts;
     rec.actual_ts = ap_hlc_now(n->hlc);
-    if (shard__begin(n->shard) == 0) {
-        if (shard__put_local(n->shard, &rec) == 0 && shard__commit(n->shard) == 0) {
-            AP_LOG(AP_LOG_INFO, "instance_actual id=%s actual=%s pid=%lld restarts=%lld", id,
-                   ap_actual_name(actual), (long long)pid, (long long)restarts);
-            link__kick(n->link);
+    rv = shard__begin(n->shard);
+    if (rv == 0) {
+        rv = shard__put_local(n->shard, &rec);
+        if (rv == 0) {
+            rv = shard__commit(n->shard);
         } else {
             shard__rollback(n->shard);
         }
     }
+    if (rv == 0) {
+        unrec_drop(r, id);
+        AP_LOG(AP_LOG_INFO, "instance_actual id=%s actual=%s pid=%lld restarts=%lld", id,
+               ap_actual_name(actual), (long long)pid, (long long)restarts);
+        link__kick(n->link);
+    } else if (unrec_keep(r, id, actual, pid, exit_code, restarts)) {
+        AP_LOG(AP_LOG_WARN, "instance_actual_deferred id=%s actual=%s err=\"%s\"", id,
+               ap_actual_name(actual), shard__errmsg(n->shard));
+    }
     ap_instrec_clear(&rec);
+}
+
+void reconcile__retry(struct reconcile *r)
+{
+    if (r->running || r->n->stopping) {
+        return;
+    }
+    /* From the end: record_actual removes the entry it stores. */
+    for (size_t i = r->n_unrec; i > 0; i--) {
+        if (i > r->n_unrec) {
+            continue;
+        }
+        struct unrecorded u = r->unrec[i - 1];
+        record_actual(r, u.id, u.actual, u.pid, u.exit_code, u.restarts);
+        if (shard__full(r->n->shard)) {
+            return; /* Still no room: the next tick tries again. */
+        }
+    }
+}
+
+uint64_t reconcile__log_dropped(const struct reconcile *r)
+{
+    return driver_process__log_dropped(r->driver);
 }
 
 static void record_status(struct reconcile *r, const struct driver_process_status *st)
@@ -255,9 +349,13 @@ static void reconcile_one(struct reconcile *r, const struct ap_instrec *rec)
     } else if (rec->desired == AP_DESIRED_STOPPED && exists && st.state != DRIVER_PROCESS_STOPPED &&
                rec->actual != AP_ACTUAL_STOPPED) {
         record_actual(r, rec->id, AP_ACTUAL_STOPPED, 0, rec->exit_code, rec->restarts);
-    } else if (!exists && rec->desired != AP_DESIRED_RUNNING && rec->actual == AP_ACTUAL_PENDING) {
-        /* Stopped or deleted before it ever ran (e.g. while the site was away). */
-        record_actual(r, rec->id, AP_ACTUAL_STOPPED, 0, 0, 0);
+    } else if (!exists && rec->desired != AP_DESIRED_RUNNING &&
+               (rec->actual == AP_ACTUAL_PENDING || rec->actual == AP_ACTUAL_STARTING ||
+                rec->actual == AP_ACTUAL_RUNNING)) {
+        /* Stopped or deleted before it ever ran (e.g. while the site was away), or removed
+         * just before a kill -9 of this daemon kept it from recording that (found by the
+         * chaos suite's clock-skew scenario, seed 5): nothing runs, say so. */
+        record_actual(r, rec->id, AP_ACTUAL_STOPPED, 0, rec->exit_code, rec->restarts);
     }
     if (a != NULL) {
         a->desired_ts = dts;
@@ -330,6 +428,7 @@ static void driver_closed(void *data)
     void (*cb)(void *) = r->stop_cb;
     void *cb_data = r->stop_data;
     ap_free(r->acted);
+    ap_free(r->unrec);
     ap_free(r);
     if (cb != NULL) {
         cb(cb_data);

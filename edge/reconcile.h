@@ -4,6 +4,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct edge_node;
 struct reconcile;
@@ -16,6 +17,16 @@ int reconcile__start(struct reconcile **out, struct edge_node *n, char *errmsg);
 
 /** Compare every instance's desired state with what runs, and act. */
 void reconcile__all(struct reconcile *r);
+
+/**
+ * Store the actual states that could not be stored when the driver reported
+ * them (disk full); called once the shard takes writes again. Stops at the
+ * first that still fails.
+ */
+void reconcile__retry(struct reconcile *r);
+
+/** Workload output bytes the shims dropped (could not write to their logs) since start. */
+uint64_t reconcile__log_dropped(const struct reconcile *r);
 
 /** Stop watching (workloads keep running); cb(data) fires once afterwards. */
 void reconcile__stop(struct reconcile *r, void (*cb)(void *data), void *data);

@@ -16,9 +16,9 @@
 struct shard {
     struct ap_store *st;
     uint64_t seq;
-    bool full;              /* The last write failed for lack of space (docs/edge.md). */
-    uint64_t full_errors;   /* Writes that failed for lack of space since open. */
-    uint64_t probes;        /* shard__probe calls, the value it writes. */
+    bool full;            /* The last write failed for lack of space (docs/edge.md). */
+    uint64_t full_errors; /* Writes that failed for lack of space since open. */
+    uint64_t probes;      /* shard__probe calls, the value it writes. */
     char errmsg[AP_ERRMSG_SIZE];
 };
 
@@ -125,6 +125,11 @@ int shard__open(struct shard **out, const char *path, char *errmsg)
         ap_free(s);
         return rv;
     }
+    /* docs/edge.md "Full disk": keep shard.db-wal and -shm when the daemon stops. SQLite
+     * deletes them at the last close otherwise, and a daemon restarted on a full disk could
+     * not create them again: it could not even read its shard. */
+    int persist = 1;
+    sqlite3_file_control(ap_store_db(s->st), "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
     rv = ap_store_migrate(s->st, migrations, AP_ARRAY_LEN(migrations));
     if (rv == 0) {
         rv = load_seq(s);
@@ -162,7 +167,9 @@ int shard__commit(struct shard *s)
 {
     int rv = ap_store_commit(s->st);
     if (rv != 0) {
-        rv = fail(s, rv, "commit");
+        /* The store's message already says "commit: ...". */
+        ap_errmsg_set(s->errmsg, "%s", ap_store_errmsg(s->st));
+        rv = note_error(s, rv);
         ap_store_rollback(s->st);
         return rv;
     }
@@ -616,10 +623,9 @@ int shard__state_hash(struct shard *s, unsigned char instances[32], unsigned cha
         s->st, "SELECT " AP_STATE_HASH_INSTANCE_COLUMNS " FROM instances ORDER BY id", NULL,
         instances);
     if (rv == 0) {
-        rv = ap_store_query_hash(s->st,
-                                 "SELECT " AP_STATE_HASH_RIGHTS_COLUMNS
-                                 " FROM rights ORDER BY tenant, resource",
-                                 NULL, rights);
+        rv = ap_store_query_hash(
+            s->st, "SELECT " AP_STATE_HASH_RIGHTS_COLUMNS " FROM rights ORDER BY tenant, resource",
+            NULL, rights);
     }
     if (rv != 0) {
         ap_errmsg_set(s->errmsg, "%s", ap_store_errmsg(s->st));
@@ -715,9 +721,8 @@ int shard__auth_put(struct shard *s, const msgpack_object *state)
     sqlite3_stmt *stmt;
     rv = ap_store_exec(s->st, "DELETE FROM auth_users");
     if (rv == 0) {
-        rv = ap_store_prepare(s->st,
-                              "INSERT OR REPLACE INTO auth_key(id, pk, version) VALUES(1, ?1, ?2)",
-                              &stmt);
+        rv = ap_store_prepare(
+            s->st, "INSERT OR REPLACE INTO auth_key(id, pk, version) VALUES(1, ?1, ?2)", &stmt);
     }
     if (rv == 0) {
         ap_store_bind_blob(s->st, stmt, 1, pk, 32);

@@ -88,6 +88,7 @@ struct driver_process {
     void *data;
     struct driver_process_caps caps;
     struct dp_inst *insts;
+    uint64_t log_dropped;    /* output bytes shims reported dropped while we followed them */
     struct dp_start *starts; /* in flight */
     int open_handles;        /* the timer's and the starts' uv handles not yet closed */
     struct dp_idle idle[DRIVER_PROCESS_IDLE_SHIMS_MAX];
@@ -562,7 +563,9 @@ static int status_decode(const char *text, size_t len, struct driver_process_sta
     if (json_int_or_null(root, "restarts", 0, INT64_MAX, &st->restarts, 0, errmsg) != 0 ||
         json_int_or_null(root, "backoff_ms", 0, INT64_MAX, &st->backoff_ms, 0, errmsg) != 0 ||
         json_int_or_null(root, "started_at_ms", 0, INT64_MAX, &st->started_at_ms, 0, errmsg) != 0 ||
-        json_int_or_null(root, "updated_at_ms", 0, INT64_MAX, &st->updated_at_ms, 0, errmsg) != 0) {
+        json_int_or_null(root, "updated_at_ms", 0, INT64_MAX, &st->updated_at_ms, 0, errmsg) != 0 ||
+        json_int_or_null(root, "log_dropped_bytes", 0, INT64_MAX, &st->log_dropped_bytes, 0,
+                         errmsg) != 0) {
         goto out;
     }
     if (json_text_or_null(root, "error", st->error, sizeof st->error, errmsg) != 0) {
@@ -753,7 +756,8 @@ int driver_process__status(struct driver_process *d, const char *id,
     struct stat fst;
     bool have_file;
     rc = status_read(d, id, st, &fst, &have_file);
-    if (rc == 0 && live && !status_changed(&i->last, st)) {
+    if (rc == 0 && live && !status_changed(&i->last, st) &&
+        st->log_dropped_bytes == i->last.log_dropped_bytes) {
         /* Nothing an event would report: remember the file, so the next call is quick. */
         inst_note_file(i, have_file, &fst);
     }
@@ -770,16 +774,17 @@ json_t *driver_process__status_to_json(const struct driver_process_status *st)
     json_t *sig = st->signal > 0 ? json_integer(st->signal) : json_null();
     json_t *err = st->error[0] != '\0' ? json_string(st->error) : json_null();
     json_t *cg = is->cgroup[0] != '\0' ? json_string(is->cgroup) : json_null();
-    return json_pack("{s:s, s:s, s:b, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:I, s:I, s:o, "
+    return json_pack("{s:s, s:s, s:b, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:I, s:I, s:o, s:I, "
                      "s:{s:b, s:b, s:b, s:o, s:b, s:b}}",
                      "id", st->id, "state", driver_process__state_name(st->state), "alive",
                      st->alive, "shim_pid", pid, "child_pid", child, "workload_pid", wl,
                      "exit_code", code, "signal", sig, "restarts", (json_int_t)st->restarts,
                      "backoff_ms", (json_int_t)st->backoff_ms, "started_at_ms",
                      (json_int_t)st->started_at_ms, "updated_at_ms", (json_int_t)st->updated_at_ms,
-                     "error", err, "isolation", "pid_ns", is->pid_ns, "mount_ns", is->mount_ns,
-                     "uts_ns", is->uts_ns, "cgroup", cg, "memory_limit", is->memory_limit,
-                     "cpu_limit", is->cpu_limit);
+                     "error", err, "log_dropped_bytes", (json_int_t)st->log_dropped_bytes,
+                     "isolation", "pid_ns", is->pid_ns, "mount_ns", is->mount_ns, "uts_ns",
+                     is->uts_ns, "cgroup", cg, "memory_limit", is->memory_limit, "cpu_limit",
+                     is->cpu_limit);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -874,6 +879,10 @@ static void poll_one(struct driver_process *d, struct dp_inst *i)
     }
     inst_note_file(i, have_file, &fst);
     bool changed = status_changed(&i->last, &st);
+    /* A shim counts from 0: a smaller count comes from a new shim of the instance. */
+    d->log_dropped += (uint64_t)(st.log_dropped_bytes >= i->last.log_dropped_bytes
+                                     ? st.log_dropped_bytes - i->last.log_dropped_bytes
+                                     : st.log_dropped_bytes);
     i->last = st;
     if (!st.alive) {
         inst_untrack(i);
@@ -1419,6 +1428,11 @@ void driver_process__close(struct driver_process *d, void (*cb)(void *data), voi
     }
     uv_timer_stop(&d->timer);
     uv_close((uv_handle_t *)&d->timer, on_timer_closed);
+}
+
+uint64_t driver_process__log_dropped(const struct driver_process *d)
+{
+    return d->log_dropped;
 }
 
 const char *driver_process__errmsg(const struct driver_process *d)

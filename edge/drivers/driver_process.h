@@ -106,6 +106,7 @@ struct driver_process_status {
     int64_t started_at_ms;               /* wall clock of the current or last run's start */
     int64_t updated_at_ms;               /* wall clock of the shim's last write */
     char error[DRIVER_PROCESS_TEXT_MAX]; /* why it failed, "" when nothing failed */
+    int64_t log_dropped_bytes; /* output this shim could not write to the logs (disk full) */
     struct driver_process_isolation isolation;
 };
 
@@ -185,6 +186,13 @@ int driver_process__new(struct driver_process **out, const struct driver_process
  * Calling it twice is a bug.
  */
 void driver_process__close(struct driver_process *d, void (*cb)(void *data), void *data);
+
+/**
+ * Bytes of workload output the shims of followed instances reported dropped
+ * (status.json "log_dropped_bytes": their log files could not be written,
+ * e.g. the disk was full) since this driver was created.
+ */
+uint64_t driver_process__log_dropped(const struct driver_process *d);
 
 /** The message of d's last failed call. */
 const char *driver_process__errmsg(const struct driver_process *d);

@@ -72,6 +72,7 @@
 #define SHIM_CTL_HEADER_MAX    32
 #define SHIM_CTL_WAIT_MS       10000
 #define SHIM_TOUCH_MAX         (64UL * 1024 * 1024)
+#define SHIM_STATUS_RETRY_MS   1000
 
 /* ------------------------------------------------------------------------ */
 /* The spec and its decoder.                                                 */
@@ -1000,7 +1001,10 @@ struct shim_log {
     int fd;
     int64_t size;
     int64_t cap;
-    bool warned;
+    bool warned;     /* a rotation failed (logged once) */
+    bool failing;    /* the last write failed: output is being dropped */
+    bool news;       /* failing or dropped changed: status.json should say so */
+    int64_t dropped; /* output bytes that could not be written (status.json) */
     char path[SHIM_FILE_PATH_MAX];
     char old[SHIM_FILE_PATH_MAX];
 };
@@ -1030,30 +1034,53 @@ static void log_rotate(struct shim_log *l)
     l->size = 0;
 }
 
-/* Write workload output; never more than cap bytes per file. Failures drop data. */
+/* Output that could not be written: drop and count it; say so once per failing spell. */
+static void log_drop(struct shim_log *l, size_t len, int err)
+{
+    l->dropped += (int64_t)len;
+    l->news = true;
+    if (!l->failing) {
+        l->failing = true;
+        logf_shim("log_write_failed path=%s errno=%d dropping=1", l->path, err);
+    }
+}
+
+/*
+ * Write workload output; never more than cap bytes per file. docs/workloads.md
+ * "Logs": a write error (disk full) drops the output and counts it, it never
+ * blocks or stops the workload; writing resumes when the disk takes it again.
+ */
 static void log_write(struct shim_log *l, const char *buf, size_t len)
 {
     while (len > 0) {
         if (l->size >= l->cap) {
             log_rotate(l);
         }
-        if (l->fd < 0) {
+        if (l->fd < 0 && log_open(l) != 0) {
+            log_drop(l, len, errno);
             return;
         }
         size_t chunk = (size_t)(l->cap - l->size);
         if (chunk > len) {
             chunk = len;
         }
-        if (write_all(l->fd, buf, chunk) != 0) {
-            if (!l->warned) {
-                logf_shim("log_write_failed path=%s errno=%d", l->path, errno);
-                l->warned = true;
-            }
+        ssize_t n = write(l->fd, buf, chunk);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            log_drop(l, len, n < 0 ? errno : ENOSPC);
             return;
         }
-        l->size += (int64_t)chunk;
-        buf += chunk;
-        len -= chunk;
+        if (l->failing) {
+            l->failing = false;
+            l->news = true;
+            logf_shim("log_write_resumed path=%s dropped_bytes=%lld", l->path,
+                      (long long)l->dropped);
+        }
+        l->size += (int64_t)n;
+        buf += n;
+        len -= (size_t)n;
     }
 }
 
@@ -1301,6 +1328,7 @@ struct shim {
     size_t title_cap;
     char status_path[SHIM_FILE_PATH_MAX];
     char status_tmp[SHIM_FILE_PATH_MAX];
+    char status_spare[SHIM_FILE_PATH_MAX];
     char cgroup[SHIM_FILE_PATH_MAX];
     char spare[SHIM_FILE_PATH_MAX]; /* pool mode: our pre-made, locked directory; "" if none */
     int spare_lock;
@@ -1343,6 +1371,12 @@ struct shim {
     int64_t restarts;
     int64_t started_at_ms;
     char error[SHIM_ERR_MAX];
+    /* status.json upkeep (status_write). */
+    bool have_spare;     /* status.json.spare exists, its block allocated */
+    bool status_dirty;   /* status.json is behind: write it at status_due_mono */
+    bool status_failing; /* the last write failed (logged once) */
+    int64_t status_due_mono;
+    int64_t status_written_mono; /* the last successful write */
     /* Pool mode: when each step of the start ended (CLOCK_MONOTONIC, us), for shim.log. */
     int64_t t_recv;  /* the start message was read */
     int64_t t_taken; /* the instance's directory and lock are ours */
@@ -1393,16 +1427,17 @@ static int status_format(const struct shim *s, char *buf, size_t size)
     } else {
         snprintf(cg, sizeof cg, "null");
     }
-    int n =
-        snprintf(buf, size,
-                 "{\"version\":1,\"writer_pid\":%d,%s,\"state\":\"%s\",%s,\"restarts\":%lld,"
-                 "\"backoff_ms\":%lld,\"started_at_ms\":%lld,\"updated_at_ms\":%lld,"
-                 "\"error\":%s,\"isolation\":{\"pid_ns\":%s,\"mount_ns\":%s,\"uts_ns\":%s,"
-                 "\"cgroup\":%s,\"memory_limit\":%s,\"cpu_limit\":%s}}\n",
-                 (int)getpid(), pids, s->state, exitf, (long long)s->restarts,
-                 (long long)s->backoff_ms, (long long)s->started_at_ms, (long long)wall_ms(), err,
-                 s->ns ? "true" : "false", s->ns ? "true" : "false", s->ns ? "true" : "false", cg,
-                 s->memory_limit ? "true" : "false", s->cpu_limit ? "true" : "false");
+    int n = snprintf(buf, size,
+                     "{\"version\":1,\"writer_pid\":%d,%s,\"state\":\"%s\",%s,\"restarts\":%lld,"
+                     "\"backoff_ms\":%lld,\"started_at_ms\":%lld,\"updated_at_ms\":%lld,"
+                     "\"error\":%s,\"log_dropped_bytes\":%lld,"
+                     "\"isolation\":{\"pid_ns\":%s,\"mount_ns\":%s,\"uts_ns\":%s,"
+                     "\"cgroup\":%s,\"memory_limit\":%s,\"cpu_limit\":%s}}\n",
+                     (int)getpid(), pids, s->state, exitf, (long long)s->restarts,
+                     (long long)s->backoff_ms, (long long)s->started_at_ms, (long long)wall_ms(),
+                     err, (long long)(s->logs[0].dropped + s->logs[1].dropped),
+                     s->ns ? "true" : "false", s->ns ? "true" : "false", s->ns ? "true" : "false",
+                     cg, s->memory_limit ? "true" : "false", s->cpu_limit ? "true" : "false");
     return n < 0 || (size_t)n >= size ? -1 : n;
 }
 
@@ -1426,10 +1461,75 @@ static int file_replace(const char *path, const char *tmp, const char *data, siz
 }
 
 /*
+ * Make status.json.spare: one block, written while there is room, so that a
+ * status write still works when the disk is full (status_write_spare).
+ */
+static void status_spare_make(struct shim *s)
+{
+    char block[4096];
+    memset(block, '\n', sizeof block);
+    int fd = open(s->status_spare, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        return;
+    }
+    s->have_spare = write_all(fd, block, sizeof block) == 0;
+    close(fd);
+    if (!s->have_spare) {
+        unlink(s->status_spare);
+    }
+}
+
+/*
+ * The full-disk way to replace status.json: overwrite the spare's allocated
+ * block in place, then trade names with status.json (RENAME_EXCHANGE), so
+ * readers still see the old or the new file and the old one becomes the
+ * spare, its block kept. Returns 0, or -1 with errno.
+ */
+static int status_write_spare(struct shim *s, const char *data, size_t len, bool durable)
+{
+    int fd = open(s->status_spare, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return -1;
+    }
+    ssize_t n;
+    do {
+        n = pwrite(fd, data, len, 0);
+    } while (n < 0 && errno == EINTR);
+    int e = n < 0 ? errno : ENOSPC;
+    bool ok = n == (ssize_t)len;
+    if (ok && (ftruncate(fd, (off_t)len) != 0 || (durable && fsync(fd) != 0))) {
+        ok = false;
+        e = errno;
+    }
+    close(fd);
+    if (!ok) {
+        errno = e;
+        return -1;
+    }
+    if (renameat2(AT_FDCWD, s->status_spare, AT_FDCWD, s->status_path, RENAME_EXCHANGE) == 0) {
+        return 0;
+    }
+    /* No status.json yet, or no exchange on this file system: the spare is used up. */
+    s->have_spare = false;
+    return rename(s->status_spare, s->status_path);
+}
+
+/* status.json is behind: write it again in a while (supervise does), at most once a second. */
+static void status_mark(struct shim *s)
+{
+    if (!s->status_dirty) {
+        s->status_dirty = true;
+        s->status_due_mono = s->status_written_mono + SHIM_STATUS_RETRY_MS;
+    }
+}
+
+/*
  * docs/workloads.md, "status.json": readers see the old or the new file,
  * never a torn one (rename). Only the last word is fsynced: the file
  * describes live processes, which a power loss kills anyway, and an fsync on
- * the start path costs milliseconds.
+ * the start path costs milliseconds. When the disk is full the spare block is
+ * used (status_write_spare); when even that fails, the write is retried every
+ * SHIM_STATUS_RETRY_MS by supervise().
  */
 static void status_write(struct shim *s, bool durable)
 {
@@ -1439,9 +1539,36 @@ static void status_write(struct shim *s, bool durable)
         logf_shim("status_too_long");
         return;
     }
-    if (file_replace(s->status_path, s->status_tmp, buf, (size_t)n, durable) != 0) {
-        logf_shim("status_write_failed errno=%d", errno);
+    int rc = file_replace(s->status_path, s->status_tmp, buf, (size_t)n, durable);
+    int e = errno;
+    struct stat st;
+    if (rc != 0 && !s->have_spare && stat(s->status_spare, &st) == 0 && S_ISREG(st.st_mode) &&
+        st.st_size > 0) {
+        s->have_spare = true; /* left by an earlier shim of this instance */
     }
+    if (rc != 0 && (e == ENOSPC || e == EDQUOT) && s->have_spare) {
+        rc = status_write_spare(s, buf, (size_t)n, durable);
+        e = errno;
+    }
+    if (rc == 0) {
+        if (s->status_failing) {
+            s->status_failing = false;
+            logf_shim("status_write_resumed");
+        }
+        s->status_dirty = false;
+        s->status_written_mono = mono_ms();
+        s->logs[0].news = s->logs[1].news = false;
+        if (!s->have_spare) {
+            status_spare_make(s);
+        }
+        return;
+    }
+    if (!s->status_failing) {
+        s->status_failing = true;
+        logf_shim("status_write_failed errno=%d retry_ms=%d", e, SHIM_STATUS_RETRY_MS);
+    }
+    s->status_dirty = true;
+    s->status_due_mono = mono_ms() + SHIM_STATUS_RETRY_MS;
 }
 
 /*
@@ -1946,6 +2073,10 @@ static void supervise(struct shim *s)
         } else if (s->phase == PHASE_STOPPING && !s->killed) {
             timeout = (int)(s->kill_at_mono > now ? s->kill_at_mono - now : 0);
         }
+        if (s->status_dirty) {
+            int due = (int)(s->status_due_mono > now ? s->status_due_mono - now : 0);
+            timeout = timeout < 0 || due < timeout ? due : timeout;
+        }
         struct pollfd pfd[3] = {
             {s->sigfd, POLLIN, 0},
             {s->out_r, POLLIN, 0},
@@ -1975,7 +2106,13 @@ static void supervise(struct shim *s)
                 }
             }
         }
+        if (s->logs[0].news || s->logs[1].news) {
+            status_mark(s); /* publish log_dropped_bytes */
+        }
         now = mono_ms();
+        if (s->status_dirty && now >= s->status_due_mono && s->phase != PHASE_DONE) {
+            status_write(s, false);
+        }
         if (s->phase == PHASE_BACKOFF && now >= s->next_start_mono) {
             restart_now(s);
         } else if (s->phase == PHASE_STOPPING && !s->killed && now >= s->kill_at_mono) {
@@ -2206,6 +2343,7 @@ static void set_dir(struct shim *s, const char *dir)
     snprintf(s->dir, sizeof s->dir, "%s", dir);
     snprintf(s->status_path, sizeof s->status_path, "%s/status.json", dir);
     snprintf(s->status_tmp, sizeof s->status_tmp, "%s/status.json.tmp", dir);
+    snprintf(s->status_spare, sizeof s->status_spare, "%s/status.json.spare", dir);
 }
 
 static void logs_open(struct shim *s)

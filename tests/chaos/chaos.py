@@ -234,56 +234,38 @@ class Faults:
         return healed
 
 
-def register_client(stop, hist, topo, pid, rng):
-    """Writes and reads per-key registers: a tenant's regional instance limit (PUT/GET
-    /v1/quotas/{key} on any regional node; reads are linearizable by default)."""
+def register_client(stop, hist, topo, pid, rng, at_controller=False):
+    """Writes and reads per-key registers for the linearizability checker. In the region: a
+    tenant's regional instance limit (PUT/GET /v1/quotas/chaos-kN on any regional node; reads
+    are linearizable by default). At the controller: a tenant's global quota (PUT
+    /v1/quotas/chaos-cN, read back with GET /v1/tenants/chaos-cN, both through its raft
+    group); those keys are named "ctl:chaos-cN" in the history."""
     seq = 0
     for _ in range(100000):
         if stop.is_set():
             return
-        key = "chaos-k%d" % rng.randrange(KEYS)
-        node = rng.choice(topo.region_nodes("r1"))
+        if at_controller:
+            tenant = "chaos-c%d" % rng.randrange(CKEYS)
+            key, node, read_path = "ctl:" + tenant, topo.controller, "/v1/tenants/%s" % tenant
+        else:
+            tenant = key = "chaos-k%d" % rng.randrange(KEYS)
+            node, read_path = rng.choice(topo.region_nodes("r1")), "/v1/quotas/%s" % tenant
         if rng.random() < 0.5:
             seq += 1
             v = pid * 100000 + seq
             hist.add(pid, "invoke", "write", key, v)
-            st, body = node.request("PUT", "/v1/quotas/%s" % key, {"instances": v}, timeout=2.0)
+            st, body = node.request("PUT", "/v1/quotas/%s" % tenant, {"instances": v},
+                                    timeout=2.0)
             hist.add(pid, outcome(st, body), "write", key, v)
         else:
             hist.add(pid, "invoke", "read", key, None)
-            st, body = node.request("GET", "/v1/quotas/%s" % key, timeout=2.0)
+            st, body = node.request("GET", read_path, timeout=2.0)
             if st == 200:
-                hist.add(pid, "ok", "read", key, (body.get("limit") or {}).get("instances"))
+                quota = body.get("quota" if at_controller else "limit") or {}
+                hist.add(pid, "ok", "read", key, quota.get("instances"))
             else:
                 hist.add(pid, "fail", "read", key, None)
         stop.wait(0.05 if st == 0 or st >= 500 else 0.02)
-
-
-def controller_register_client(stop, hist, topo, pid, rng):
-    """Per-key registers at the controller: a tenant's global instance quota (PUT
-    /v1/quotas/{key}, read back with GET /v1/tenants/{key}, both through its raft group)."""
-    ctl = topo.controller
-    seq = 0
-    for _ in range(100000):
-        if stop.is_set():
-            return
-        tenant = "chaos-c%d" % rng.randrange(CKEYS)
-        key = "ctl:" + tenant
-        if rng.random() < 0.5:
-            seq += 1
-            v = pid * 100000 + seq
-            hist.add(pid, "invoke", "write", key, v)
-            st, body = ctl.request("PUT", "/v1/quotas/%s" % tenant, {"instances": v},
-                                   timeout=2.0)
-            hist.add(pid, outcome(st, body), "write", key, v)
-        else:
-            hist.add(pid, "invoke", "read", key, None)
-            st, body = ctl.request("GET", "/v1/tenants/%s" % tenant, timeout=2.0)
-            if st == 200:
-                hist.add(pid, "ok", "read", key, (body.get("quota") or {}).get("instances"))
-            else:
-                hist.add(pid, "fail", "read", key, None)
-        stop.wait(0.05 if st == 0 or st >= 500 else 0.03)
 
 
 def instance_body(tenant, name, site=None):
@@ -501,8 +483,9 @@ def run_once(args, scenario, seed, work):
         threads = [threading.Thread(target=register_client,
                                     args=(stop, hist, topo, p, random.Random(rng.random())))
                    for p in range(3)]
-        threads += [threading.Thread(target=controller_register_client,
-                                     args=(stop, hist, topo, 5, random.Random(rng.random())))]
+        threads += [threading.Thread(target=register_client,
+                                     args=(stop, hist, topo, 5, random.Random(rng.random()),
+                                           True))]
         threads += [threading.Thread(target=instance_client,
                                      args=(stop, hist, topo, 10 + p, random.Random(rng.random()),
                                            created)) for p in range(3)]

@@ -179,6 +179,12 @@ def run_checks(t, topo, site_dir):
         lambda: harness.request_full("GET", "%s:%d" % (site.ip, PROBE_PORT), "/").status == 200,
         20, "http.server answers"), required=True)
     pids = {i: inst(i)["pid"] for i in acked}
+    # A run-once workload that ends while the disk is full; it counts its runs outside the tmpfs.
+    runs_file = os.path.join(topo.work_dir, "brief-runs")
+    brief = created(create_on_site("brief", ["sh", "-c", "echo run >> %s; sleep 3" % runs_file],
+                                   restart="never"), "create brief (restart never) on the site")
+    t.check("brief runs", lambda: harness.wait_until(
+        lambda: inst(brief)["actual"] == "running", 20, "brief running"), required=True)
 
     def chatty_last_line():
         r = site.request_full("GET", "/v1/instances/%s/logs?tail_bytes=4096" % chatty)
@@ -199,8 +205,17 @@ def run_checks(t, topo, site_dir):
     if r.status == 201:  # it made it to disk: it must survive like any other
         acked[r.json["id"]] = "running"
     t.check("a create on the full site answers 507 no_space naming the problem",
-            lambda: harness.expect_error(r, 507, "no_space", mentions=("space",)))
+            lambda: check(harness.expect_error(r, 507, "no_space", mentions=(
+                "space", "data directory"))["details"] == {"site": SITE, "write": "create"},
+                "details of %r" % r))
     fill(filler)
+    r = site.request_full("POST", "/v1/instances", {
+        "name": "big", "tenant": TENANT, "command": ["sleep", "1000"],
+        "resources": {"cpu_millis": 600, "memory_mb": 10}})
+    if r.status == 201:
+        acked[r.json["id"]] = "running"
+    t.check("a create that needs rights from the region answers 507 too, not quota_exceeded",
+            lambda: harness.expect_error(r, 507, "no_space"))
     r = site.request_full("POST", "/v1/instances/%s/stop" % keeper)
     if r.status == 200:
         acked[keeper] = "stopped"
@@ -226,15 +241,20 @@ def run_checks(t, topo, site_dir):
     deadline = time.monotonic() + FULL_FOR_S
     rounds = 0
     bad = []
+    links = set()
     while time.monotonic() < deadline:
         for method, path in reads:
             got = site.request_full(method, path)
             if got.status != 200:
                 bad.append("%s %s: %r" % (method, path, got))
+            elif path == "/v1/health":
+                links.add(got.json["link"])
         rounds += 1
         time.sleep(0.3)
     t.check("reads keep answering 200 while the disk is full (%d rounds)" % rounds,
             lambda: check(not bad, "; ".join(bad[:5])))
+    t.check("the site stays linked to its region while the disk is full",
+            lambda: check(links == {"connected"}, "link states seen: %s" % sorted(links)))
     listed = {i["id"] for i in site.request_full("GET", "/v1/instances").json["instances"]}
     t.check("the list still holds every acknowledged instance",
             lambda: check({web, chatty, keeper, doomed} <= listed, "listed %s" % listed))
@@ -305,7 +325,16 @@ def run_checks(t, topo, site_dir):
             lambda: check(prober.failed == 0 and prober.ok > 20,
                           "probes ok=%d failed=%d %s" % (prober.ok, prober.failed,
                                                          prober.errors[:3])))
-    t.check("web, chatty and the region's instance are the same processes as before",
+    t.check("brief (restart never) reads exited", lambda: harness.wait_until(
+        lambda: inst(brief)["actual"] == "exited", 10, "brief exited"))
+
+    def brief_runs():
+        with open(runs_file) as f:
+            return f.read().count("run")
+
+    t.check("brief ran once: its end during the full disk did not make it restart",
+            lambda: check(brief_runs() == 1, "brief ran %d times" % brief_runs()))
+    t.check("web and chatty are the same processes as before",
             lambda: check(all(inst(i)["pid"] == pids[i] and harness._pid_alive(pids[i])
                               for i in (web, chatty)), "pids %s" % pids))
 
@@ -339,6 +368,31 @@ def run_checks(t, topo, site_dir):
     t.check("the site logged the full disk and its end",
             lambda: check("disk_full" in log and "disk_space_recovered" in log,
                           "no disk_full / disk_space_recovered line in %s" % site.log))
+
+    # ---- the daemon stopped cleanly (an upgrade), the disk fills meanwhile, it starts again
+    site.stop()
+    fill(filler)
+    site.start()
+    t.check("archipel-edge starts again on the full disk", lambda: site.wait_http(20),
+            required=True)
+    listed = {i["id"]: i["desired"] for i in site.request_full(
+        "GET", "/v1/instances?deleted=1").json["instances"]}
+    t.check("after the restart it still lists every acknowledged instance",
+            lambda: check(all(listed.get(i) == d for i, d in acked.items()),
+                          "acknowledged %s, listed %s" % (acked, listed)))
+    r = create_on_site("again", ["sleep", "1000"])
+    if r.status == 201:
+        acked[r.json["id"]] = "running"
+    t.check("after the restart a create answers 507 no_space",
+            lambda: harness.expect_error(r, 507, "no_space"))
+    t.check("web still runs under its shim", lambda: check(
+        harness._pid_alive(pids[web]) and inst(web)["pid"] == pids[web], "web %s" % inst(web)))
+    os.unlink(filler)
+    t.check("and takes writes once space is freed", lambda: harness.wait_until(
+        lambda: create_on_site("again", ["sleep", "1000"]).status in (201, 409), 10,
+        "create accepted"))
+    t.check("the site and the region converge again",
+            lambda: harness.wait_until(same_content, 15, "equal content hashes"))
 
 
 if __name__ == "__main__":

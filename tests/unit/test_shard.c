@@ -11,6 +11,7 @@
 #include "ap/mp.h"
 #include "shard.h"
 
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,12 +223,202 @@ static void test_rights_and_usage(void **state)
     ap_free(tenants);
 }
 
+/* ---- a full disk, simulated by a VFS whose writes fail with SQLITE_FULL on demand ---- */
+
+struct full_file {
+    sqlite3_file base;
+    sqlite3_file *real; /* Right after this struct, szOsFile of the real VFS. */
+};
+
+static struct {
+    sqlite3_vfs vfs;
+    sqlite3_vfs *real;
+    bool full;
+} full_vfs;
+
+#define REAL(f) (((struct full_file *)(f))->real)
+
+static int ff_close(sqlite3_file *f)
+{
+    return REAL(f)->pMethods->xClose(REAL(f));
+}
+static int ff_read(sqlite3_file *f, void *b, int n, sqlite3_int64 off)
+{
+    return REAL(f)->pMethods->xRead(REAL(f), b, n, off);
+}
+static int ff_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 off)
+{
+    return full_vfs.full ? SQLITE_FULL : REAL(f)->pMethods->xWrite(REAL(f), b, n, off);
+}
+static int ff_truncate(sqlite3_file *f, sqlite3_int64 size)
+{
+    return REAL(f)->pMethods->xTruncate(REAL(f), size);
+}
+static int ff_sync(sqlite3_file *f, int flags)
+{
+    return REAL(f)->pMethods->xSync(REAL(f), flags);
+}
+static int ff_file_size(sqlite3_file *f, sqlite3_int64 *size)
+{
+    return REAL(f)->pMethods->xFileSize(REAL(f), size);
+}
+static int ff_lock(sqlite3_file *f, int l)
+{
+    return REAL(f)->pMethods->xLock(REAL(f), l);
+}
+static int ff_unlock(sqlite3_file *f, int l)
+{
+    return REAL(f)->pMethods->xUnlock(REAL(f), l);
+}
+static int ff_check_reserved(sqlite3_file *f, int *out)
+{
+    return REAL(f)->pMethods->xCheckReservedLock(REAL(f), out);
+}
+static int ff_file_control(sqlite3_file *f, int op, void *arg)
+{
+    return REAL(f)->pMethods->xFileControl(REAL(f), op, arg);
+}
+static int ff_sector_size(sqlite3_file *f)
+{
+    return REAL(f)->pMethods->xSectorSize(REAL(f));
+}
+static int ff_device_chars(sqlite3_file *f)
+{
+    return REAL(f)->pMethods->xDeviceCharacteristics(REAL(f));
+}
+static int ff_shm_map(sqlite3_file *f, int pg, int pgsz, int extend, void volatile **pp)
+{
+    return REAL(f)->pMethods->xShmMap(REAL(f), pg, pgsz, extend, pp);
+}
+static int ff_shm_lock(sqlite3_file *f, int offset, int n, int flags)
+{
+    return REAL(f)->pMethods->xShmLock(REAL(f), offset, n, flags);
+}
+static void ff_shm_barrier(sqlite3_file *f)
+{
+    REAL(f)->pMethods->xShmBarrier(REAL(f));
+}
+static int ff_shm_unmap(sqlite3_file *f, int del)
+{
+    return REAL(f)->pMethods->xShmUnmap(REAL(f), del);
+}
+
+static const sqlite3_io_methods ff_methods = {
+    2,
+    ff_close,
+    ff_read,
+    ff_write,
+    ff_truncate,
+    ff_sync,
+    ff_file_size,
+    ff_lock,
+    ff_unlock,
+    ff_check_reserved,
+    ff_file_control,
+    ff_sector_size,
+    ff_device_chars,
+    ff_shm_map,
+    ff_shm_lock,
+    ff_shm_barrier,
+    ff_shm_unmap,
+    NULL,
+    NULL,
+};
+
+static int ff_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags, int *out_flags)
+{
+    (void)vfs;
+    struct full_file *ff = (struct full_file *)f;
+    ff->real = (sqlite3_file *)(ff + 1);
+    int rc = full_vfs.real->xOpen(full_vfs.real, name, ff->real, flags, out_flags);
+    /* SQLite calls xClose only when pMethods is set: only on success. */
+    f->pMethods = rc == SQLITE_OK && ff->real->pMethods != NULL ? &ff_methods : NULL;
+    return rc;
+}
+
+static void full_vfs_install(void)
+{
+    full_vfs.real = sqlite3_vfs_find(NULL);
+    assert_non_null(full_vfs.real);
+    full_vfs.vfs = *full_vfs.real;
+    full_vfs.vfs.zName = "ap-test-full";
+    full_vfs.vfs.szOsFile = (int)sizeof(struct full_file) + full_vfs.real->szOsFile;
+    full_vfs.vfs.xOpen = ff_open;
+    full_vfs.vfs.pAppData = NULL;
+    full_vfs.full = false;
+    assert_int_equal(sqlite3_vfs_register(&full_vfs.vfs, 1), SQLITE_OK);
+}
+
+static void full_vfs_remove(void)
+{
+    assert_int_equal(sqlite3_vfs_unregister(&full_vfs.vfs), SQLITE_OK);
+    assert_int_equal(sqlite3_vfs_register(full_vfs.real, 1), SQLITE_OK);
+}
+
+/* docs/edge.md "Full disk": failed writes say AP_ENOSPACE and change nothing, reads work, the
+ * shard knows it is full until a write (the probe) reaches the disk again. */
+static void test_full_disk(void **state)
+{
+    struct fx *f = *state;
+    char errmsg[AP_ERRMSG_SIZE];
+    struct ap_instrec a, b, got;
+    shard__close(f->s);
+    full_vfs_install();
+    assert_int_equal(shard__open(&f->s, f->path, errmsg), 0);
+    make(&a, 1, "acme", 1000);
+    make(&b, 2, "acme", 2000);
+    put(f, &a);
+    assert_false(shard__full(f->s));
+
+    full_vfs.full = true;
+    assert_int_equal(shard__begin(f->s), 0);
+    assert_int_equal(shard__put_local(f->s, &b), 0);
+    assert_int_equal(shard__commit(f->s), AP_ENOSPACE);
+    assert_true(shard__full(f->s));
+    assert_int_equal(shard__full_errors(f->s), 1);
+    assert_non_null(strstr(shard__errmsg(f->s), "full"));
+    assert_int_equal(shard__get(f->s, b.id, &got), AP_ENOTFOUND);
+    struct ap_instrec *list;
+    size_t n;
+    assert_int_equal(shard__list(f->s, NULL, true, &list, &n), 0);
+    assert_int_equal(n, 1);
+    shard__free_list(list, n);
+    assert_int_equal(shard__set_meta(f->s, "region_applied", 7), AP_ENOSPACE);
+    assert_int_equal(shard__probe(f->s), AP_ENOSPACE);
+    assert_true(shard__full(f->s));
+    assert_int_equal(shard__full_errors(f->s), 3);
+
+    full_vfs.full = false;
+    assert_int_equal(shard__probe(f->s), 0);
+    assert_false(shard__full(f->s));
+    put(f, &b);
+    shard__close(f->s);
+    full_vfs_remove();
+    assert_int_equal(shard__open(&f->s, f->path, errmsg), 0);
+    assert_int_equal(shard__get(f->s, a.id, &got), 0);
+    ap_instrec_clear(&got);
+    assert_int_equal(shard__get(f->s, b.id, &got), 0);
+    ap_instrec_clear(&got);
+    assert_int_equal(shard__meta(f->s, "region_applied"), 0);
+    ap_instrec_clear(&a);
+    ap_instrec_clear(&b);
+    /* The WAL and its index outlive a clean close: a restart on a full disk can read. */
+    shard__close(f->s);
+    char p[128];
+    snprintf(p, sizeof p, "%s-wal", f->path);
+    assert_int_equal(access(p, F_OK), 0);
+    snprintf(p, sizeof p, "%s-shm", f->path);
+    assert_int_equal(access(p, F_OK), 0);
+    assert_int_equal(shard__open(&f->s, f->path, errmsg), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_local_writes_survive_reopen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delta_pages_and_no_echo, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rights_and_usage, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full_disk, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
