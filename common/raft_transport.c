@@ -177,6 +177,9 @@ static void watch_start(struct ap_raft_dial *d)
     if (uv_fileno((uv_handle_t *)d->tcp, &fd) != 0) {
         return;
     }
+    if (d->address[0] == '\0') {
+        return; /* too long to keep: peer_lost must hand raft_uv the exact address it knows */
+    }
     struct ap_raft_watch *w = ap_calloc(1, sizeof *w);
     if (w == NULL) {
         return;
@@ -198,7 +201,9 @@ static void watch_start(struct ap_raft_dial *d)
         w->next->prev = w;
     }
     t->watches = w;
-    uv_poll_start(&w->poll, UV_READABLE | UV_DISCONNECT, watch_event);
+    if (uv_poll_start(&w->poll, UV_READABLE | UV_DISCONNECT, watch_event) != 0) {
+        watch_close(w);
+    }
 }
 
 static void dial_written(uv_write_t *w, int status)
@@ -296,7 +301,9 @@ static int transport_connect(struct raft_uv_transport *iface, struct raft_uv_con
     d->t = t;
     d->req = req;
     d->id = id;
-    ap_strlcpy(d->address, address, sizeof d->address);
+    if (strlen(address) < sizeof d->address) {
+        ap_strlcpy(d->address, address, sizeof d->address);
+    }
     req->cb = cb;
     uv_tcp_init(t->loop, d->tcp);
     d->tcp->data = d;

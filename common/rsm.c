@@ -65,7 +65,7 @@ struct ap_rsm {
     int (*uv_start)(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick, raft_io_recv_cb recv);
     raft_io_recv_cb raft_recv;
     uint64_t leader_contact_ms; /* When a leader's message last arrived (loop time). */
-    bool leader_closed;         /* The leader closed our connection since (peer_lost). */
+    uint64_t leader_closed_ms;  /* When the leader closed our connection (peer_lost), or 0. */
     uint64_t rng;               /* io_random's state: differs per node and per start. */
     struct ap_raft_transport transport;
     struct ap_store *store;
@@ -135,16 +135,23 @@ static bool log_is_behind_ours(struct raft *rf, const struct raft_request_vote *
 }
 
 /*
- * A follower that hears no leader and refuses a candidate whose log is behind
- * its own knows that candidate cannot win with its vote: waiting for its own
- * timeout (up to 2T, restarted when the request bumps its term) leaves the
- * region without a leader for one more round. It campaigns at the next tick
- * instead, a few milliseconds apart from other refusing followers. Starting
- * an election early is always safe in raft; it only changes who is first.
+ * Make a follower's election timer expire within max_jitter_ms (raft checks it
+ * at its next tick after that, every heartbeat_ms). Used when waiting for the
+ * randomized timeout would only cost time: a follower that hears no leader
+ * and refuses a candidate whose log is behind its own knows that candidate
+ * cannot win with its vote; a follower whose leader's connection closed has
+ * most likely lost its leader (peer_lost). Starting an election early is
+ * always safe in raft; it only changes who is first.
  */
 static void campaign_soon(struct ap_rsm *r, unsigned max_jitter_ms, const char *reason)
 {
     if (raft_state(&r->raft) != RAFT_FOLLOWER) {
+        return;
+    }
+    /* We voted this term for someone other than the leader we knew: an election is under
+     * way or was just won, and its winner's first heartbeat may still be in flight. */
+    raft_id voted = r->raft.voted_for;
+    if (voted != 0 && voted != r->id && voted != r->raft.follower_state.current_leader.id) {
         return;
     }
     raft_time now = r->io.time(&r->io);
@@ -155,6 +162,16 @@ static void campaign_soon(struct ap_rsm *r, unsigned max_jitter_ms, const char *
     }
     AP_LOG(AP_LOG_INFO, "raft_campaign_early id=%llu reason=%s in_ms=%u", (unsigned long long)r->id,
            reason, jitter);
+}
+
+static bool is_member(const struct raft *rf, raft_id id)
+{
+    for (unsigned i = 0; i < rf->configuration.n; i++) {
+        if (rf->configuration.servers[i].id == id) {
+            return true;
+        }
+    }
+    return false;
 }
 
 static void probe_sent(struct raft_io_send *req, int status)
@@ -170,13 +187,16 @@ static void probe_sent(struct raft_io_send *req, int status)
  * on the shut connection): its failure makes raft_uv reconnect now, while
  * the next real message (maybe the vote request that ends an election) would
  * otherwise be the one lost. When that peer was our leader, its process is
- * gone: campaign now (docs/replication.md "Elections").
+ * most likely gone: campaign now (docs/replication.md "Elections").
+ * Accepted corner: if raft_uv is already reconnecting to that peer, the probe
+ * joins its queue of at most 3 messages and may push the oldest out; it is
+ * then delivered later to the live peer, which ignores it.
  */
 static void peer_lost(void *data, raft_id id, const char *address)
 {
     struct ap_rsm *r = data;
-    if (r->closing || !r->started) {
-        return;
+    if (r->closing || !r->started || !is_member(&r->raft, id)) {
+        return; /* a removed member is never written to again: let raft_uv forget it */
     }
     struct raft_io_send *req = ap_calloc(1, sizeof *req);
     if (req == NULL) {
@@ -195,10 +215,12 @@ static void peer_lost(void *data, raft_id id, const char *address)
     const char *leader_address = NULL;
     raft_leader(&r->raft, &leader, &leader_address);
     if (raft_state(&r->raft) == RAFT_FOLLOWER && leader == id) {
-        /* The leader's process is gone (its kernel closed the connection):
-         * campaign without waiting for the election timeout, spread over a
-         * few ticks so that the survivors do not split the vote. */
-        r->leader_closed = true;
+        /* Most likely the leader's process is gone (its kernel closed the
+         * connection); a live leader that closed it sends its next heartbeat
+         * within 100 ms, which turns an early candidate back. Campaign
+         * without waiting for the election timeout, spread over a few ticks
+         * so that the survivors do not split the vote. */
+        r->leader_closed_ms = uv_now(r->loop);
         campaign_soon(r, 3 * r->heartbeat_ms, "leader_connection_closed");
     }
 }
@@ -212,11 +234,12 @@ static void io_recv(struct raft_io *io, struct raft_message *m)
     case RAFT_IO_INSTALL_SNAPSHOT:
     case RAFT_IO_TIMEOUT_NOW:
         r->leader_contact_ms = now;
-        r->leader_closed = false;
+        r->leader_closed_ms = 0;
         break;
     case RAFT_IO_REQUEST_VOTE:
         if (raft_state(&r->raft) == RAFT_FOLLOWER &&
-            (now - r->leader_contact_ms >= r->election_ms || r->leader_closed)) {
+            (now - r->leader_contact_ms >= r->election_ms ||
+             (r->leader_closed_ms != 0 && now - r->leader_closed_ms < r->election_ms))) {
             m->request_vote.disrupt_leader = true;
             if (log_is_behind_ours(&r->raft, &m->request_vote)) {
                 r->raft_recv(io, m);

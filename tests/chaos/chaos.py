@@ -24,6 +24,7 @@ dir of a failing run. Exit status: 0 when no run had a violation.
 """
 
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -54,7 +55,8 @@ CKEYS = 3  # registers at the controller
 SKEW_SITE = "r1-s2"  # restarted under faketime by clock-skew
 DISK_SITE = "r1-s3"  # its data directory is a small tmpfs (disk-full)
 DISK_MB = 48
-FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+FAKETIME_LIB = (glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1") or
+                ["/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"])[0]  # Debian's libfaketime
 PROBE_PORT = 18099
 CONVERGE_S = 30.0
 

@@ -43,7 +43,7 @@ struct ap_raft_transport {
  * request, costing a whole election timeout). This transport polls a
  * duplicate of each outgoing connection's descriptor (reading on raft's own
  * stream would make libuv refuse raft's next write outright, which raft
- * treats as fatal); at the peer's FIN or reset it shuts the connection for
+ * treats as fatal); at the peer's FIN, a reset or any poll error it shuts the connection for
  * writing (raft's next write fails, and raft_uv reconnects) and calls
  * t->peer_lost(t->peer_lost_data, id, address) if set, so that its owner can
  * make raft_uv reconnect before a message that matters. The process must
