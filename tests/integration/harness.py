@@ -513,6 +513,38 @@ def wait_addresses_free(addresses, timeout=60.0):
 # nodes and topologies
 
 
+class Prober(threading.Thread):
+    """GET url every 100 ms in a thread; counts answers (ok) and failures (failed, errors).
+    Bounded: at most 10,000 probes, stopped by stop()."""
+
+    def __init__(self, url, timeout=1.0):
+        super().__init__(daemon=True)
+        self.url = url
+        self.timeout = timeout
+        self.ok = 0
+        self.failed = 0
+        self.errors = []
+        self._halt = threading.Event()
+
+    def run(self):
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        for _ in range(10000):
+            if self._halt.is_set():
+                return
+            try:
+                with opener.open(self.url, timeout=self.timeout) as r:
+                    r.read()
+                self.ok += 1
+            except Exception as e:  # any failure counts
+                self.failed += 1
+                self.errors.append(repr(e))
+            self._halt.wait(0.1)
+
+    def stop(self):
+        self._halt.set()
+        self.join(5)
+
+
 class Node:
     """One archipel-regional process of a topology.
 

@@ -9,9 +9,7 @@ starts (unmounted in a finally block); a filler file written until ENOSPC fills 
 import errno
 import os
 import subprocess
-import threading
 import time
-import urllib.request
 
 import harness
 
@@ -70,36 +68,6 @@ def fill(path):
 def free_bytes(path):
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
-
-
-class Prober(threading.Thread):
-    """GET the workload every 100 ms; counts answers and failures (bounded by stop())."""
-
-    def __init__(self, url):
-        super().__init__(daemon=True)
-        self.url = url
-        self.ok = 0
-        self.failed = 0
-        self.errors = []
-        self._halt = threading.Event()
-
-    def run(self):
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        for _ in range(10000):
-            if self._halt.is_set():
-                return
-            try:
-                with opener.open(self.url, timeout=2.0) as r:
-                    r.read()
-                self.ok += 1
-            except Exception as e:  # any failure counts
-                self.failed += 1
-                self.errors.append(repr(e))
-            self._halt.wait(0.1)
-
-    def stop(self):
-        self._halt.set()
-        self.join(5)
 
 
 def check(cond, msg):
@@ -194,7 +162,7 @@ def run_checks(t, topo, site_dir):
 
     # ---- fill the disk
     filler = os.path.join(site_dir, "filler")
-    prober = Prober("http://%s:%d/" % (site.ip, PROBE_PORT))
+    prober = harness.Prober("http://%s:%d/" % (site.ip, PROBE_PORT), timeout=2.0)
     prober.start()
     written = fill(filler)
     print("filler: %d bytes; %d bytes left" % (written, free_bytes(site_dir)))

@@ -6,9 +6,7 @@ the region's addresses (and removed in a finally block).
 
 import json
 import subprocess
-import threading
 import time
-import urllib.request
 
 import harness
 
@@ -20,36 +18,6 @@ def iptables(action, src, dst_net):
     for a, b in ((src, dst_net), (dst_net, src)):
         subprocess.run(["iptables", action, "INPUT", "-s", a, "-d", b, "-j", "DROP"],
                        check=action != "-D", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-class Prober(threading.Thread):
-    """GET the workload every 100 ms; counts answers and failures (bounded by stop())."""
-
-    def __init__(self, url):
-        super().__init__(daemon=True)
-        self.url = url
-        self.ok = 0
-        self.failed = 0
-        self.errors = []
-        self._halt = threading.Event()
-
-    def run(self):
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        for _ in range(10000):
-            if self._halt.is_set():
-                return
-            try:
-                with opener.open(self.url, timeout=1.0) as r:
-                    r.read()
-                self.ok += 1
-            except Exception as e:  # any failure counts
-                self.failed += 1
-                self.errors.append(repr(e))
-            self._halt.wait(0.1)
-
-    def stop(self):
-        self._halt.set()
-        self.join(5)
 
 
 def instance_set(resp):
@@ -93,7 +61,7 @@ def main(t):
         20, "http.server answers"))
     victim_pid = site.request_full("GET", "/v1/instances/%s" % victim).json["pid"]
 
-    prober = Prober(url)
+    prober = harness.Prober(url)
     samples = []
     prober.start()
     cut = False
