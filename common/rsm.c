@@ -225,6 +225,19 @@ static void peer_lost(void *data, raft_id id, const char *address)
     }
 }
 
+/* The sender's term in a message only a leader sends. */
+static raft_term leader_term(const struct raft_message *m)
+{
+    switch (m->type) {
+    case RAFT_IO_APPEND_ENTRIES:
+        return m->append_entries.term;
+    case RAFT_IO_INSTALL_SNAPSHOT:
+        return m->install_snapshot.term;
+    default:
+        return m->timeout_now.term;
+    }
+}
+
 static void io_recv(struct raft_io *io, struct raft_message *m)
 {
     struct ap_rsm *r = AP_CONTAINER_OF(io, struct ap_rsm, io);
@@ -233,8 +246,11 @@ static void io_recv(struct raft_io *io, struct raft_message *m)
     case RAFT_IO_APPEND_ENTRIES:
     case RAFT_IO_INSTALL_SNAPSHOT:
     case RAFT_IO_TIMEOUT_NOW:
-        r->leader_contact_ms = now;
-        r->leader_closed_ms = 0;
+        /* Only a leader of our term or a later one counts (a deposed one's late message not). */
+        if (leader_term(m) >= r->raft.current_term) {
+            r->leader_contact_ms = now;
+            r->leader_closed_ms = 0;
+        }
         break;
     case RAFT_IO_REQUEST_VOTE:
         if (raft_state(&r->raft) == RAFT_FOLLOWER &&
