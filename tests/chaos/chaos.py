@@ -287,7 +287,7 @@ def record_create(hist, pid, st, resp, created, site):
         created.append((inst["id"], inst.get("site") or site))
         hist.homes[inst["id"]] = inst.get("site") or site
     else:
-        hist.add(pid, "fail" if 400 <= st < 500 else "info", "create", None, None)
+        hist.add(pid, outcome(st, resp), "create", None, None)
 
 
 def instance_client(stop, hist, topo, pid, rng, created):
@@ -336,11 +336,9 @@ def quota_client(stop, hist, topo, pid, rng, created):
             iid, site = created.pop(rng.randrange(len(created)))
             via = rng.choice(topo.region_nodes("r1") + [topo.site(site), topo.controller])
             hist.add(pid, "invoke", "delete", None, iid)
-            st, _ = via.request("DELETE", "/v1/instances/%s" % iid, timeout=3.0)
-            ok = st == 200
-            hist.add(pid, "ok" if ok else ("fail" if 400 <= st < 500 else "info"), "delete",
-                     None, iid)
-            if not ok and st not in (404, 409):
+            st, body = via.request("DELETE", "/v1/instances/%s" % iid, timeout=3.0)
+            hist.add(pid, outcome(st, body), "delete", None, iid)
+            if st != 200 and st not in (404, 409):
                 created.append((iid, site))  # try again later
         else:
             n += 1
