@@ -478,18 +478,6 @@ static void test_too_large(void **state)
     assert_int_equal(c.resp.status, 200);
     call_free(&c);
     ap_free(big);
-
-    /* A much larger body is refused from its Content-Length alone. */
-    n = 8 * 1024 * 1024;
-    big = ap_malloc(n);
-    assert_non_null(big);
-    memset(big, ' ', n);
-    call_start(f, &c, "PUT", "/v1/sites/a/labels", big, n, NULL);
-    ap_free(big);
-    run_until(f, &c.done);
-    assert_int_equal(c.err, 0);
-    assert_error(&c, 413, "too_large");
-    call_free(&c);
 }
 
 static void test_unsupported_media_type(void **state)
@@ -839,6 +827,29 @@ static void test_chunked_too_large(void **state)
     call_free(&c);
 }
 
+/*
+ * A much larger body is refused from its Content-Length alone: the answer
+ * comes although no byte of the body was sent. (Sending the 8 MiB body
+ * through libcurl raced the server's close after its early 413: the client
+ * sometimes saw a reset before it read the answer.)
+ */
+static void test_too_large_from_header(void **state)
+{
+    struct fx *f = *state;
+    static const char head[] = "PUT /v1/sites/a/labels HTTP/1.1\r\nHost: x\r\n"
+                               "Content-Type: application/json\r\n"
+                               "Content-Length: 8388608\r\n\r\n";
+    struct raw_client *rc = ap_calloc(1, sizeof *rc);
+    assert_non_null(rc);
+    rc->request = head;
+    rc->request_len = strlen(head);
+    raw_exchange(f, rc);
+    rc->reply[rc->reply_len] = '\0';
+    assert_non_null(strstr(rc->reply, " 413 "));
+    assert_non_null(strstr(rc->reply, "\"too_large\""));
+    ap_free(rc);
+}
+
 static void test_request_log_line(void **state)
 {
     struct fx *f = *state;
@@ -942,6 +953,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_not_found, setup, teardown),
         cmocka_unit_test_setup_teardown(test_method_not_allowed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_too_large, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_too_large_from_header, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unsupported_media_type, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_body, setup, teardown),
