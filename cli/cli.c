@@ -354,7 +354,7 @@ int cli__uint_field(struct cli *c, const struct cli_args *a, const char *flag, j
     }
     char what[64];
     snprintf(what, sizeof what, "--%s", flag);
-    long long v;
+    long long v = 0;
     int rv = cli__parse_uint(c, what, s, CLI_MAX_AMOUNT, &v);
     if (rv != CLI_OK) {
         return rv;

@@ -243,7 +243,10 @@ static int idle_shim(const char *inst_dir)
 static int lock_holder_of(const char *dir)
 {
     char path[PATH_MAX + 16];
-    snprintf(path, sizeof path, "%s/shim.lock", dir);
+    int len = snprintf(path, sizeof path, "%s/shim.lock", dir);
+    if (len < 0 || (size_t)len >= sizeof path) {
+        return 0;
+    }
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         return 0;
