@@ -76,6 +76,7 @@ struct ap_http_server {
     uv_poll_t poll;         /* MHD's epoll fd */
     uv_timer_t timer;       /* MHD_get_timeout, and kicks during a run */
     uv_check_t kick_check;  /* kicks after a resume outside a run: same loop iteration */
+    uv_idle_t kick_idle;    /* ... and keeps the loop from blocking in poll before it */
     uv_timer_t close_timer; /* grace and flush deadlines */
     size_t max_body;
     uint16_t port;
@@ -1049,22 +1050,36 @@ static void on_poll(uv_poll_t *p, int status, int events)
     server_run(p->data);
 }
 
+static void kick_run(struct ap_http_server *s)
+{
+    uv_check_stop(&s->kick_check);
+    uv_idle_stop(&s->kick_idle);
+    server_run(s);
+}
+
 static void on_kick_check(uv_check_t *h)
 {
-    uv_check_stop(h);
-    server_run(h->data);
+    kick_run(h->data);
+}
+
+static void on_kick_idle(uv_idle_t *h)
+{
+    kick_run(h->data);
 }
 
 /* Make MHD run after a resume. Outside a run, that happens in the check phase of this
  * loop iteration (docs/replication.md "Answering before the group commit"): libuv runs the
  * check handle started last first, so a reply whose entry was just applied leaves before
  * rsm's commit check writes the iteration's SQLite transaction. The order only moves
- * latency; the entry is already durable in the raft log either way. */
+ * latency; the entry is already durable in the raft log either way. An active check handle
+ * does not stop the loop from blocking in poll, so a kick made before poll (from a timer or
+ * an idle callback) also starts an idle handle: whichever of the two runs first runs MHD. */
 static void server_kick(struct ap_http_server *s)
 {
     s->kicked = true;
     if (!s->in_run && s->phase != CLOSE_HANDLES) {
         uv_check_start(&s->kick_check, on_kick_check);
+        uv_idle_start(&s->kick_idle, on_kick_idle);
     }
 }
 
@@ -1141,10 +1156,11 @@ static void close_progress(struct ap_http_server *s)
      * resumed, and MHD_run has run since (MHD forbids stopping otherwise). */
     s->phase = CLOSE_HANDLES;
     /* Unwatch MHD's epoll fd before MHD closes it. */
-    s->open_handles = 4;
+    s->open_handles = 5;
     uv_close((uv_handle_t *)&s->poll, on_handle_closed);
     uv_close((uv_handle_t *)&s->timer, on_handle_closed);
     uv_close((uv_handle_t *)&s->kick_check, on_handle_closed);
+    uv_close((uv_handle_t *)&s->kick_idle, on_handle_closed);
     uv_close((uv_handle_t *)&s->close_timer, on_handle_closed);
     MHD_stop_daemon(s->mhd);
     s->mhd = NULL;
@@ -1306,8 +1322,10 @@ int ap_http_server_new(struct ap_http_server **out, uv_loop_t *loop, const char 
     uv_timer_init(loop, &s->timer);
     uv_timer_init(loop, &s->close_timer);
     uv_check_init(loop, &s->kick_check);
+    uv_idle_init(loop, &s->kick_idle);
     s->timer.data = s;
     s->kick_check.data = s;
+    s->kick_idle.data = s;
     s->close_timer.data = s;
     uv_timer_start(&s->timer, on_timer, 0, 0);
     *out = s;

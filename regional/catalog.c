@@ -129,6 +129,10 @@ const struct ap_store_migration catalog__migrations[] = {
         " END;"},
     /* 6: the site's own HTTP address, from its HELLO: where the region reads logs. */
     {6, "ALTER TABLE sites ADD COLUMN http TEXT NOT NULL DEFAULT '';"},
+    /* 7: the leader lists connected sites twice per heartbeat period; without an index that
+     * scanned every site (13% of a loaded leader's CPU with 100,000 sites). Partial, so
+     * creating a site (state 'registered') does not write to it. */
+    {7, "CREATE INDEX sites_connected ON sites(name) WHERE state = 'connected';"},
 };
 const size_t catalog__n_migrations = AP_ARRAY_LEN(catalog__migrations);
 
@@ -864,16 +868,17 @@ int catalog__site_link_info(struct ap_store *st, const char *site, struct catalo
     return 0;
 }
 
-int catalog__sites_in_state(struct ap_store *st, const char *state, char ***names, size_t *n)
+int catalog__connected_sites(struct ap_store *st, char ***names, size_t *n)
 {
     sqlite3_stmt *stmt;
     *names = NULL;
     *n = 0;
-    int rv = ap_store_prepare(st, "SELECT name FROM sites WHERE state=?1 ORDER BY name", &stmt);
+    /* The literal state lets SQLite use the partial index sites_connected (migration 7). */
+    int rv = ap_store_prepare(st, "SELECT name FROM sites WHERE state='connected' ORDER BY name",
+                              &stmt);
     if (rv != 0) {
         return rv;
     }
-    ap_store_bind_text(st, stmt, 1, state);
     size_t cap = 0;
     while ((rv = ap_store_step(st, stmt)) == AP_STORE_ROW) {
         if (*n == cap) {

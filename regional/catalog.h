@@ -85,8 +85,8 @@ struct catalog_link_info {
 /** Link facts of site; AP_ENOTFOUND when it is not registered. */
 int catalog__site_link_info(struct ap_store *st, const char *site, struct catalog_link_info *out);
 
-/** Names of the sites in state (*names and each name ap_malloc'd; caller frees). */
-int catalog__sites_in_state(struct ap_store *st, const char *state, char ***names, size_t *n);
+/** Names of the connected sites, by name (*names and each name ap_malloc'd; caller frees). */
+int catalog__connected_sites(struct ap_store *st, char ***names, size_t *n);
 
 /**
  * Build a DELTA body for site: instance and rights records of that site

@@ -870,7 +870,7 @@ static void on_timer(uv_timer_t *t)
     struct ap_store *st = ap_rsm_store(s->n->rsm);
     char **connected = NULL;
     size_t n_connected = 0;
-    if (catalog__sites_in_state(st, "connected", &connected, &n_connected) != 0) {
+    if (catalog__connected_sites(st, &connected, &n_connected) != 0) {
         return;
     }
     uint64_t limit = (uint64_t)s->heartbeat_ms * s->misses;
