@@ -24,10 +24,44 @@ static void mp_errmsg(char *errmsg, const char *fmt, ...)
 
 /* ---- writer ---------------------------------------------------------------------------- */
 
+/* First buffer of a writer. msgpack_sbuffer_write starts at 8 KiB: a malloc that size makes
+ * glibc consolidate its fast bins, which was 7% of a loaded regional leader's CPU when every
+ * site create encoded a command of a few hundred bytes. */
+#define WRITER_FIRST_ALLOC 256
+
+/* Like msgpack_sbuffer_write (same buffer, same free()), growing from WRITER_FIRST_ALLOC. */
+static int writer_append(void *data, const char *buf, size_t len)
+{
+    msgpack_sbuffer *sb = data;
+    if (sb->alloc - sb->size < len) {
+        size_t need = sb->size + len;
+        if (need < sb->size) {
+            return -1;
+        }
+        size_t n = sb->alloc != 0 ? sb->alloc : WRITER_FIRST_ALLOC;
+        while (n < need) {
+            if (n > SIZE_MAX / 2) {
+                n = need;
+                break;
+            }
+            n *= 2;
+        }
+        char *grown = ap_realloc(sb->data, n);
+        if (grown == NULL) {
+            return -1;
+        }
+        sb->data = grown;
+        sb->alloc = n;
+    }
+    memcpy(sb->data + sb->size, buf, len);
+    sb->size += len;
+    return 0;
+}
+
 void ap_mp_writer_init(struct ap_mp_writer *w)
 {
     msgpack_sbuffer_init(&w->sbuf);
-    msgpack_packer_init(&w->pk, &w->sbuf, msgpack_sbuffer_write);
+    msgpack_packer_init(&w->pk, &w->sbuf, writer_append);
     w->err = 0;
 }
 
@@ -164,7 +198,7 @@ int ap_mp_write_raw(struct ap_mp_writer *w, const void *p, size_t len)
     if (len == 0) {
         return 0;
     }
-    return writer_rc(w, msgpack_sbuffer_write(&w->sbuf, p, len));
+    return writer_rc(w, writer_append(&w->sbuf, p, len));
 }
 
 /* ---- bounded unpack -------------------------------------------------------------------- */

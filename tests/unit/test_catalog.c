@@ -180,6 +180,52 @@ static json_int_t view_int(struct fx *f, const char *tenant, const char *part, c
 #define ID3 "01890a5d-ac96-774b-bcce-b302099a8059"
 #define ID4 "01890a5d-ac96-774b-bcce-b302099a805a"
 
+/* A site create answers with the stored site (built without reading it back), and a
+ * follower, whom nobody waits for, builds no answer at all. */
+static void test_site_create_result_matches_stored(void **state)
+{
+    struct fx *f = *state;
+    struct site_spec spec;
+    uint8_t *cmd;
+    size_t len;
+    memset(&spec, 0, sizeof spec);
+    ap_strlcpy(spec.name, "lyon-1", sizeof spec.name);
+    ap_strlcpy(spec.labels[0].key, "zone", sizeof spec.labels[0].key);
+    ap_strlcpy(spec.labels[0].value, "south", sizeof spec.labels[0].value);
+    ap_strlcpy(spec.labels[1].key, "az", sizeof spec.labels[1].key);
+    ap_strlcpy(spec.labels[1].value, "b", sizeof spec.labels[1].value);
+    spec.n_labels = 2;
+    spec.cpu_millis = 8000;
+    spec.memory_mb = 16384;
+    spec.instances = 100;
+    assert_int_equal(catalog__encode_site_create(&spec, 1700000000123ULL, &cmd, &len), 0);
+    assert_int_equal(apply(f, cmd, len), 0);
+    json_t *stored = NULL;
+    assert_int_equal(catalog__site_get(f->st, "lyon-1", &stored), 0);
+    assert_non_null(f->res.value);
+    char *a = json_dumps(f->res.value, JSON_SORT_KEYS | JSON_COMPACT);
+    char *b = json_dumps(stored, JSON_SORT_KEYS | JSON_COMPACT);
+    assert_string_equal(a, b);
+    assert_non_null(strstr(a, "\"created_at\":\"2023-11-14T22:13:20.123Z\""));
+    free(a);
+    free(b);
+    json_decref(stored);
+
+    /* As a follower applies it. */
+    ap_strlcpy(spec.name, "lyon-2", sizeof spec.name);
+    assert_int_equal(catalog__encode_site_create(&spec, 1000, &cmd, &len), 0);
+    json_decref(f->res.value);
+    memset(&f->res, 0, sizeof f->res);
+    assert_int_equal(ap_store_savepoint(f->st, "cmd"), 0);
+    catalog__apply(NULL, f->st, f->index++, cmd, len, &f->res);
+    ap_free(cmd);
+    assert_int_equal(f->res.status, 0);
+    assert_null(f->res.value);
+    assert_int_equal(ap_store_release(f->st, "cmd"), 0);
+    assert_int_equal(catalog__site_get(f->st, "lyon-2", &stored), 0);
+    json_decref(stored);
+}
+
 static void test_create_and_read(void **state)
 {
     struct fx *f = *state;
@@ -637,6 +683,7 @@ static void test_garbage_commands(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_site_create_result_matches_stored, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_and_read, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_desire_and_delete_dominates, setup, teardown),
