@@ -586,6 +586,14 @@ static void on_commit_check(uv_check_t *h)
     struct ap_rsm *r = AP_CONTAINER_OF(h, struct ap_rsm, commit_check);
     log_role_changes(r);
     record_initial_peers(r);
+    /* Proposals made in this iteration's I/O callbacks go to raft now, before the commit
+     * below, instead of from the idle handle at the start of the next iteration
+     * (docs/replication.md "Group commit"); the batch is the same. */
+    if (r->queue_head != NULL || r->barrier_waiters != NULL) {
+        uv_idle_stop(&r->flush_idle);
+        flush_queue(r);
+        flush_barriers(r);
+    }
     /* docs/replication.md: entries applied in one loop iteration share one
      * SQLite transaction; they are already durable in the raft log. */
     ap_rsm_fsm_flush(r->fsm);

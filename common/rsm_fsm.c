@@ -30,6 +30,11 @@ struct ap_rsm_fsm {
     uint64_t snapshots_taken;
     uint64_t snapshots_restored;
     struct ap_rsm_batch *last; /* Results of the last applied entry. */
+    /* A follower's entries wait here until the end of the loop iteration (docs/replication.md
+     * "Followers apply after answering"): raft applies them before it acknowledges the next
+     * append, which put the apply on every write's critical path. */
+    struct deferred *defer;
+    size_t n_defer, cap_defer, defer_bytes;
     /* Asynchronous snapshots (docs/replication.md "Snapshots"): a second, read-only
      * connection whose open read transaction pins the image while a worker copies it. */
     sqlite3 *reader;
@@ -37,6 +42,19 @@ struct ap_rsm_fsm {
     uint64_t snap_index; /* Applied index the pinned image holds. */
     char errmsg[AP_ERRMSG_SIZE];
 };
+
+struct deferred {
+    uint64_t index;
+    uint8_t *buf;
+    size_t len;
+};
+
+/* A follower stops deferring past these (its store failing, say): raft then sees the error. */
+#define MAX_DEFER_ENTRIES 65536
+#define MAX_DEFER_BYTES   (256u << 20)
+
+static int apply_now(struct ap_rsm_fsm *f, uint64_t index, const uint8_t *p, size_t len,
+                     struct ap_rsm_batch **out);
 
 static const char *schema_sql =
     "CREATE TABLE IF NOT EXISTS ap_rsm_meta(k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
@@ -91,17 +109,39 @@ static int write_applied(struct ap_rsm_fsm *f, uint64_t index)
     return 0;
 }
 
+/* Apply the deferred entries in order; one that fails stays queued with those after it. */
+static int drain_deferred(struct ap_rsm_fsm *f)
+{
+    size_t i = 0;
+    int rv = 0;
+    for (; i < f->n_defer; i++) {
+        struct deferred *d = &f->defer[i];
+        struct ap_rsm_batch *b = NULL;
+        rv = apply_now(f, d->index, d->buf, d->len, &b);
+        batch_free(b);
+        if (rv != 0) {
+            break;
+        }
+        f->defer_bytes -= d->len;
+        ap_free(d->buf);
+    }
+    memmove(f->defer, f->defer + i, (f->n_defer - i) * sizeof *f->defer);
+    f->n_defer -= i;
+    return rv;
+}
+
 int ap_rsm_fsm_flush(struct ap_rsm_fsm *f)
 {
+    int drained = drain_deferred(f);
     if (!f->in_txn) {
-        return 0;
+        return drained;
     }
     f->in_txn = false;
     int rv = ap_store_commit(f->st);
     if (rv != 0) {
         AP_LOG(AP_LOG_ERROR, "rsm_commit_failed err=\"%s\"", ap_store_errmsg(f->st));
     }
-    return rv;
+    return rv != 0 ? rv : drained;
 }
 
 /* Apply one member record carried by an entry. */
@@ -233,6 +273,35 @@ static int apply_entry(struct ap_rsm_fsm *f, uint64_t index, const msgpack_objec
     return 0;
 }
 
+/* Queue a follower's entry (copied: raft may free its buffer once apply returns). */
+static int defer_entry(struct ap_rsm_fsm *f, uint64_t index, const struct raft_buffer *buf)
+{
+    if (f->n_defer >= MAX_DEFER_ENTRIES || f->defer_bytes + buf->len > MAX_DEFER_BYTES) {
+        AP_LOG(AP_LOG_ERROR, "rsm_apply_backlog index=%llu entries=%zu bytes=%zu",
+               (unsigned long long)index, f->n_defer, f->defer_bytes);
+        return RAFT_IOERR;
+    }
+    if (f->n_defer == f->cap_defer) {
+        size_t cap = f->cap_defer == 0 ? 16 : f->cap_defer * 2;
+        struct deferred *grown = ap_realloc(f->defer, cap * sizeof *grown);
+        if (grown == NULL) {
+            return RAFT_NOMEM;
+        }
+        f->defer = grown;
+        f->cap_defer = cap;
+    }
+    uint8_t *copy = ap_malloc(buf->len > 0 ? buf->len : 1);
+    if (copy == NULL) {
+        return RAFT_NOMEM;
+    }
+    if (buf->len > 0) {
+        memcpy(copy, buf->base, buf->len);
+    }
+    f->defer[f->n_defer++] = (struct deferred){.index = index, .buf = copy, .len = buf->len};
+    f->defer_bytes += buf->len;
+    return 0;
+}
+
 static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **result)
 {
     struct ap_rsm_fsm *f = rf->data;
@@ -244,9 +313,34 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
 
     /* Pitfall 5: after a restart raft replays entries the store already
      * holds; the stored applied index makes the replay a no-op. */
-    if (index <= f->applied) {
+    uint64_t have = f->n_defer > 0 ? f->defer[f->n_defer - 1].index : f->applied;
+    if (index <= have) {
         return 0;
     }
+    /* Nobody waits for a follower's results: apply at the end of the iteration, after raft
+     * has acknowledged. Behind a queue, every entry queues, so the order holds. */
+    if (f->n_defer > 0 ||
+        (!f->autocommit && f->raft != NULL && raft_state(f->raft) == RAFT_FOLLOWER)) {
+        return defer_entry(f, index, buf);
+    }
+    struct ap_rsm_batch *b = NULL;
+    int rv = apply_now(f, index, buf->base, buf->len, &b);
+    if (rv != 0) {
+        return rv;
+    }
+    f->last = b;
+    *result = b;
+    if (f->autocommit && ap_rsm_fsm_flush(f) != 0) {
+        return RAFT_IOERR;
+    }
+    return 0;
+}
+
+/* Apply one entry into the open group transaction; *out gets its results. */
+static int apply_now(struct ap_rsm_fsm *f, uint64_t index, const uint8_t *p, size_t len,
+                     struct ap_rsm_batch **out)
+{
+    *out = NULL;
     if (!f->in_txn) {
         int rv = ap_store_begin(f->st);
         if (rv != 0) {
@@ -263,15 +357,14 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
     int rv = 0;
     /* Entry layout (docs/replication.md): 8-byte little-endian payload
      * length, the msgpack map, zero padding to a multiple of 8 bytes. */
-    const uint8_t *p = buf->base;
     uint64_t plen = 0;
-    for (int i = 7; i >= 0 && buf->len >= 8; i--) {
+    for (int i = 7; i >= 0 && len >= 8; i--) {
         plen = (plen << 8) | p[i];
     }
-    if (buf->len < 8 || plen > buf->len - 8 ||
+    if (len < 8 || plen > len - 8 ||
         ap_mp_unpack(p + 8, (size_t)plen, AP_RSM_MAX_ENTRY, &up, why) != 0) {
         AP_LOG(AP_LOG_ERROR, "rsm_entry_undecodable index=%llu len=%zu err=\"%s\"",
-               (unsigned long long)index, buf->len, why);
+               (unsigned long long)index, len, why);
     } else if (up.data.type != MSGPACK_OBJECT_MAP) {
         AP_LOG(AP_LOG_ERROR, "rsm_entry_undecodable index=%llu err=\"not a map\"",
                (unsigned long long)index);
@@ -300,11 +393,7 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
         return RAFT_IOERR;
     }
     f->applied = index;
-    f->last = b;
-    *result = b;
-    if (f->autocommit && ap_rsm_fsm_flush(f) != 0) {
-        return RAFT_IOERR;
-    }
+    *out = b;
     return 0;
 }
 
@@ -515,6 +604,10 @@ void ap_rsm_fsm_free(struct ap_rsm_fsm *f)
     }
     ap_rsm_fsm_flush(f);
     batch_free(f->last);
+    for (size_t i = 0; i < f->n_defer; i++) {
+        ap_free(f->defer[i].buf);
+    }
+    ap_free(f->defer);
     if (f->reader != NULL) {
         sqlite3_close(f->reader);
     }

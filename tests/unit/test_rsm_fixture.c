@@ -232,6 +232,36 @@ static void test_replicates_and_converges(void **state)
     assert_int_equal(count_rows(c->st[0]), 40);
 }
 
+/* As on a real node (autocommit off, a commit per loop iteration): followers queue what raft
+ * applies and apply it at the flush, after acknowledging; the leader applies at once. */
+static void test_followers_apply_at_flush(void **state)
+{
+    struct cluster *c = *state;
+    for (unsigned i = 0; i < c->n; i++) {
+        ap_rsm_fsm_set_autocommit(c->fsm[i], false);
+    }
+    write_n(c, 0, 40);
+    unsigned l = leader(c);
+    raft_index last = raft_last_index(raft_fixture_get(&c->f, l));
+    for (unsigned i = 0; i < c->n; i++) {
+        raft_fixture_step_until_applied(&c->f, i, last, 20000);
+    }
+    assert_int_equal(ap_rsm_fsm_applied(c->fsm[l]), raft_last_applied(raft_fixture_get(&c->f, l)));
+    unsigned behind = 0;
+    for (unsigned i = 0; i < c->n; i++) {
+        if (i != l && ap_rsm_fsm_applied(c->fsm[i]) < raft_last_applied(raft_fixture_get(&c->f, i))) {
+            behind++;
+        }
+    }
+    assert_int_equal(behind, c->n - 1);
+    for (unsigned i = 0; i < c->n; i++) {
+        assert_int_equal(ap_rsm_fsm_flush(c->fsm[i]), 0);
+        assert_int_equal(ap_rsm_fsm_applied(c->fsm[i]), raft_last_applied(raft_fixture_get(&c->f, i)));
+    }
+    assert_converged(c);
+    assert_int_equal(count_rows(c->st[0]), 40);
+}
+
 static void test_failed_command_is_undone(void **state)
 {
     struct cluster *c = *state;
@@ -457,6 +487,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_replicates_and_converges, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_followers_apply_at_flush, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_command_is_undone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_partitioned_leader, setup, teardown),
         cmocka_unit_test_setup_teardown(test_killed_follower_catches_up_by_snapshot, setup,
