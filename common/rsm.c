@@ -358,6 +358,37 @@ const char *ap_rsm_role_name(enum ap_rsm_role role)
     return (size_t)role < AP_ARRAY_LEN(names) ? names[role] : "unavailable";
 }
 
+/* docs/replication.md "Snapshots": after each snapshot, let the log grow to about the
+ * image's size (at most AP_RSM_SNAPSHOT_MAX_LOG_BYTES) before the next one, so writing images
+ * costs at most about as many bytes as the log itself; never below the configured threshold,
+ * never above AP_RSM_SNAPSHOT_MAX_FACTOR times it. Offset per node as at start. */
+unsigned ap_rsm_snapshot_threshold_for(unsigned base, uint64_t image_bytes, uint64_t entry_bytes)
+{
+    uint64_t t = base;
+    if (entry_bytes > 0) {
+        uint64_t log_bytes = image_bytes < AP_RSM_SNAPSHOT_MAX_LOG_BYTES
+                                 ? image_bytes
+                                 : AP_RSM_SNAPSHOT_MAX_LOG_BYTES;
+        t = log_bytes / entry_bytes;
+    }
+    uint64_t max = (uint64_t)base * AP_RSM_SNAPSHOT_MAX_FACTOR;
+    t = t < base ? base : t > max ? max : t;
+    return (unsigned)t;
+}
+
+static void resize_snapshot_threshold(struct ap_rsm *r)
+{
+    uint64_t image = ap_rsm_fsm_snapshot_bytes(r->fsm);
+    uint64_t entry = ap_rsm_fsm_take_mean_entry_bytes(r->fsm);
+    unsigned t = ap_rsm_snapshot_threshold_for(r->threshold, image, entry);
+    t += (unsigned)((r->id - 1) % 4) * (t / 4);
+    if (t != r->raft.snapshot.threshold) {
+        AP_LOG(AP_LOG_INFO, "rsm_snapshot_threshold entries=%u image_bytes=%llu entry_bytes=%llu",
+               t, (unsigned long long)image, (unsigned long long)entry);
+        raft_set_snapshot_threshold(&r->raft, t);
+    }
+}
+
 static void update_gauges(struct ap_rsm *r)
 {
     ap_metric_set(r->m_term, (double)r->raft.current_term);
@@ -368,6 +399,7 @@ static void update_gauges(struct ap_rsm *r)
     if (snaps > r->snapshots_seen) {
         ap_metric_add(r->m_snapshots, (double)(snaps - r->snapshots_seen));
         r->snapshots_seen = snaps;
+        resize_snapshot_threshold(r);
     }
 }
 

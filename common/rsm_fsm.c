@@ -29,6 +29,8 @@ struct ap_rsm_fsm {
     uint64_t applied;
     uint64_t snapshots_taken;
     uint64_t snapshots_restored;
+    uint64_t snapshot_bytes;                /* Image size of the last snapshot taken. */
+    uint64_t entry_bytes, entries;          /* Entries given to apply, and their bytes. */
     struct ap_rsm_batch *last; /* Results of the last applied entry. */
     /* A follower's entries wait here until the end of the loop iteration (docs/replication.md
      * "Followers apply after answering"): raft applies them before it acknowledges the next
@@ -311,6 +313,8 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
     f->last = NULL;
     *result = NULL;
 
+    f->entry_bytes += buf->len;
+    f->entries++;
     /* Pitfall 5: after a restart raft replays entries the store already
      * holds; the stored applied index makes the replay a no-op. */
     uint64_t have = f->n_defer > 0 ? f->defer[f->n_defer - 1].index : f->applied;
@@ -490,6 +494,7 @@ static int fsm_snapshot_finalize(struct raft_fsm *rf, struct raft_buffer *bufs[]
         *bufs = NULL;
         *n_bufs = 0;
         f->snapshots_taken++;
+        f->snapshot_bytes = len - SNAP_HEADER;
         AP_LOG(AP_LOG_INFO, "rsm_snapshot_taken applied=%llu bytes=%zu async=true",
                (unsigned long long)f->snap_index, len - SNAP_HEADER);
     }
@@ -527,6 +532,7 @@ static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigne
     *bufs = b;
     *n_bufs = 1;
     f->snapshots_taken++;
+    f->snapshot_bytes = len;
     AP_LOG(AP_LOG_INFO, "rsm_snapshot_taken applied=%llu bytes=%zu", (unsigned long long)f->applied,
            len);
     return 0;
@@ -635,6 +641,19 @@ void ap_rsm_fsm_set_autocommit(struct ap_rsm_fsm *f, bool on)
 uint64_t ap_rsm_fsm_applied(const struct ap_rsm_fsm *f)
 {
     return f->applied;
+}
+
+uint64_t ap_rsm_fsm_snapshot_bytes(const struct ap_rsm_fsm *f)
+{
+    return f->snapshot_bytes;
+}
+
+uint64_t ap_rsm_fsm_take_mean_entry_bytes(struct ap_rsm_fsm *f)
+{
+    uint64_t mean = f->entries > 0 ? f->entry_bytes / f->entries : 0;
+    f->entry_bytes = 0;
+    f->entries = 0;
+    return mean;
 }
 
 uint64_t ap_rsm_fsm_snapshots_taken(const struct ap_rsm_fsm *f)

@@ -7,6 +7,7 @@
 
 #include "ap/base.h"
 #include "ap/log.h"
+#include "ap/rsm.h"
 #include "ap/rsm_fsm.h"
 #include "ap/store.h"
 
@@ -262,6 +263,24 @@ static void test_followers_apply_at_flush(void **state)
     assert_int_equal(count_rows(c->st[0]), 40);
 }
 
+/* docs/replication.md "Snapshots": the log grows to about the last image's size between
+ * snapshots, within [base, 64 x base] entries and 256 MiB of log. */
+static void test_snapshot_threshold_follows_image_size(void **state)
+{
+    AP_UNUSED(state);
+    /* No entry seen yet, or a small catalog: the configured threshold. */
+    assert_int_equal(ap_rsm_snapshot_threshold_for(8192, 0, 0), 8192);
+    assert_int_equal(ap_rsm_snapshot_threshold_for(8192, 4u << 20, 500), 8388);
+    assert_int_equal(ap_rsm_snapshot_threshold_for(8192, 1u << 20, 500), 8192);
+    /* 150 MB catalog, 500-byte entries (one write each): 300,000 entries between snapshots. */
+    assert_int_equal(ap_rsm_snapshot_threshold_for(8192, 150000000, 500), 300000);
+    /* Big batched entries: the log, not the count, is what grows. */
+    assert_int_equal(ap_rsm_snapshot_threshold_for(8192, 150000000, 60000), 8192);
+    /* Capped: 256 MiB of log, and 64 x the base. */
+    assert_int_equal(ap_rsm_snapshot_threshold_for(8192, 4ull << 30, 4096), 65536);
+    assert_int_equal(ap_rsm_snapshot_threshold_for(8192, 4ull << 30, 100), 524288);
+}
+
 static void test_failed_command_is_undone(void **state)
 {
     struct cluster *c = *state;
@@ -488,6 +507,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_replicates_and_converges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_followers_apply_at_flush, setup, teardown),
+        cmocka_unit_test(test_snapshot_threshold_follows_image_size),
         cmocka_unit_test_setup_teardown(test_failed_command_is_undone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_partitioned_leader, setup, teardown),
         cmocka_unit_test_setup_teardown(test_killed_follower_catches_up_by_snapshot, setup,

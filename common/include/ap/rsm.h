@@ -45,6 +45,12 @@ struct ap_rsm_config {
 #define AP_RSM_SNAPSHOT_THRESHOLD 8192
 /** Entries kept in the log after a snapshot, so a briefly lagging follower needs no snapshot. */
 #define AP_RSM_SNAPSHOT_TRAILING 2048
+/** The log may grow to the last image's size before the next snapshot, up to these. */
+#define AP_RSM_SNAPSHOT_MAX_LOG_BYTES (256u << 20)
+#define AP_RSM_SNAPSHOT_MAX_FACTOR    64u
+
+/** Entries between snapshots after one of image_bytes, with entries of entry_bytes on average. */
+unsigned ap_rsm_snapshot_threshold_for(unsigned base, uint64_t image_bytes, uint64_t entry_bytes);
 
 /**
  * Open the store and raft state under cfg->dir and prepare the node. The node

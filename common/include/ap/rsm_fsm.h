@@ -89,6 +89,12 @@ int ap_rsm_fsm_flush(struct ap_rsm_fsm *f);
 /** Index of the last entry whose effects are in the store. */
 uint64_t ap_rsm_fsm_applied(const struct ap_rsm_fsm *f);
 
+/** Image size of the last snapshot taken (0 before the first). */
+uint64_t ap_rsm_fsm_snapshot_bytes(const struct ap_rsm_fsm *f);
+
+/** Mean size of the entries raft gave to apply since the last call (0 if none); restarts it. */
+uint64_t ap_rsm_fsm_take_mean_entry_bytes(struct ap_rsm_fsm *f);
+
 /** Number of snapshots taken and restored since the fsm was created. */
 uint64_t ap_rsm_fsm_snapshots_taken(const struct ap_rsm_fsm *f);
 uint64_t ap_rsm_fsm_snapshots_restored(const struct ap_rsm_fsm *f);
