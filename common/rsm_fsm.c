@@ -116,6 +116,9 @@ static int drain_deferred(struct ap_rsm_fsm *f)
 {
     size_t i = 0;
     int rv = 0;
+    if (f->n_defer == 0) {
+        return 0;
+    }
     for (; i < f->n_defer; i++) {
         struct deferred *d = &f->defer[i];
         struct ap_rsm_batch *b = NULL;
