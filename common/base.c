@@ -1,6 +1,7 @@
 /* base: allocation wrappers, container-of, and always-on assertions. */
 #include "ap/base.h"
 
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,19 @@ void *ap_realloc(void *ptr, size_t size)
 void ap_free(void *ptr)
 {
     free(ptr);
+}
+
+void ap_malloc_tune_server(void)
+{
+    /* Every applied command opens and releases a SQLite savepoint, whose free() would
+     * otherwise hand the top of the heap back to the kernel (brk, then a TLB shootdown on
+     * every core): 40% of a follower's time in a profile. */
+    mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
+    mallopt(M_TOP_PAD, 16 * 1024 * 1024);
+    /* Each request frees small blocks and allocates one of 1 KiB or more (a raft entry, an
+     * answer), and such a malloc or free first consolidates every fast bin: 4-5% of the
+     * leader's time. tcache still serves small blocks without a lock. */
+    mallopt(M_MXFAST, 0);
 }
 
 char *ap_strdup(const char *s)

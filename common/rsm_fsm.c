@@ -96,19 +96,17 @@ static int read_applied(struct ap_rsm_fsm *f)
 static int write_applied(struct ap_rsm_fsm *f, uint64_t index)
 {
     sqlite3_stmt *stmt;
-    sqlite3 *db = ap_store_db(f->st);
-    int rc = sqlite3_prepare_v2(db, "UPDATE ap_rsm_meta SET v=? WHERE k='applied_index'", -1, &stmt,
-                                NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_int64(stmt, 1, (sqlite3_int64)index);
-        rc = sqlite3_step(stmt);
-        sqlite3_finalize(stmt);
+    int rv = ap_store_prepare(f->st, "UPDATE ap_rsm_meta SET v=? WHERE k='applied_index'", &stmt);
+    if (rv == 0) {
+        rv = ap_store_bind_int64(f->st, stmt, 1, (int64_t)index);
     }
-    if (rc != SQLITE_OK && rc != SQLITE_DONE) {
-        ap_errmsg_set(f->errmsg, "record applied index: %s", sqlite3_errmsg(db));
-        return ap_err_from_sqlite(rc);
+    if (rv == 0) {
+        rv = ap_store_step_done(f->st, stmt);
     }
-    return 0;
+    if (rv != 0) {
+        ap_errmsg_set(f->errmsg, "record applied index: %s", ap_store_errmsg(f->st));
+    }
+    return rv;
 }
 
 /* Apply the deferred entries in order; one that fails stays queued with those after it. */
@@ -669,12 +667,31 @@ uint64_t ap_rsm_fsm_snapshots_restored(const struct ap_rsm_fsm *f)
     return f->snapshots_restored;
 }
 
-static void pack_str(msgpack_packer *pk, const char *s)
+static int pack_str(msgpack_packer *pk, const char *s)
 {
     size_t n = strlen(s);
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
+    return msgpack_pack_str(pk, n) | msgpack_pack_str_body(pk, s, n);
 }
+
+/* A msgpack write target of fixed capacity (the entry's bound, computed up front). */
+struct fixed_buf {
+    uint8_t *p;
+    size_t len, cap;
+};
+
+static int fixed_buf_write(void *data, const char *buf, size_t len)
+{
+    struct fixed_buf *fb = data;
+    if (len > fb->cap - fb->len) {
+        return -1;
+    }
+    memcpy(fb->p + fb->len, buf, len);
+    fb->len += len;
+    return 0;
+}
+
+/* Bytes a packed string of length len takes at most (str32 header). */
+#define PACKED_STR_MAX(len) (5 + (len))
 
 int ap_rsm_entry_encode(const uint8_t *const *cmds, const size_t *lens, size_t n_cmds,
                         const struct ap_rsm_member *members, size_t n_members,
@@ -683,54 +700,62 @@ int ap_rsm_entry_encode(const uint8_t *const *cmds, const size_t *lens, size_t n
     if (n_cmds > AP_RSM_MAX_BATCH || n_members > MAX_MEMBERS) {
         return AP_EINVAL;
     }
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, n_members > 0 ? 3 : 2);
-    pack_str(&pk, "v");
-    msgpack_pack_uint32(&pk, AP_RSM_ENTRY_VERSION);
-    pack_str(&pk, "c");
-    msgpack_pack_array(&pk, n_cmds);
+    /* An upper bound of the packed size, so the entry is packed once, in place, into the
+     * buffer raft will own (no growing buffer, no copy, no zeroing of the whole entry). */
+    size_t bound = 1 + 2 * PACKED_STR_MAX(1) + 5 + 5 + 5, payload = 0;
     for (size_t i = 0; i < n_cmds; i++) {
-        msgpack_pack_bin(&pk, lens[i]);
-        msgpack_pack_bin_body(&pk, cmds[i], lens[i]);
+        payload += lens[i];
+        if (payload > AP_RSM_MAX_ENTRY) {
+            return AP_ETOOBIG; /* the commands alone are over the limit */
+        }
+        bound += 5 + lens[i];
+    }
+    for (size_t i = 0; i < n_members; i++) {
+        bound += 1 + PACKED_STR_MAX(2) + 9 + PACKED_STR_MAX(4) * 2 +
+                 PACKED_STR_MAX(strlen(members[i].raft)) + PACKED_STR_MAX(strlen(members[i].http));
+    }
+    size_t cap = (8 + bound + 7) / 8 * 8;
+    struct fixed_buf fb = {.p = raft_malloc(cap), .len = 8, .cap = cap};
+    if (fb.p == NULL) {
+        return AP_ENOMEM;
+    }
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &fb, fixed_buf_write);
+    int bad = msgpack_pack_map(&pk, n_members > 0 ? 3 : 2);
+    bad |= pack_str(&pk, "v");
+    bad |= msgpack_pack_uint32(&pk, AP_RSM_ENTRY_VERSION);
+    bad |= pack_str(&pk, "c");
+    bad |= msgpack_pack_array(&pk, n_cmds);
+    for (size_t i = 0; i < n_cmds; i++) {
+        bad |= msgpack_pack_bin(&pk, lens[i]);
+        bad |= msgpack_pack_bin_body(&pk, cmds[i], lens[i]);
     }
     if (n_members > 0) {
-        pack_str(&pk, "m");
-        msgpack_pack_array(&pk, n_members);
+        bad |= pack_str(&pk, "m");
+        bad |= msgpack_pack_array(&pk, n_members);
         for (size_t i = 0; i < n_members; i++) {
-            msgpack_pack_map(&pk, 3);
-            pack_str(&pk, "id");
-            msgpack_pack_uint64(&pk, members[i].id);
-            pack_str(&pk, "raft");
-            pack_str(&pk, members[i].raft);
-            pack_str(&pk, "http");
-            pack_str(&pk, members[i].http);
+            bad |= msgpack_pack_map(&pk, 3);
+            bad |= pack_str(&pk, "id");
+            bad |= msgpack_pack_uint64(&pk, members[i].id);
+            bad |= pack_str(&pk, "raft");
+            bad |= pack_str(&pk, members[i].raft);
+            bad |= pack_str(&pk, "http");
+            bad |= pack_str(&pk, members[i].http);
         }
     }
-    if (sb.data == NULL) {
-        msgpack_sbuffer_destroy(&sb);
-        return AP_ENOMEM;
+    size_t size = fb.len - 8;
+    if (bad != 0 || size > AP_RSM_MAX_ENTRY) {
+        raft_free(fb.p);
+        return bad != 0 ? AP_EINVAL : AP_ETOOBIG;
     }
-    /* RAFT-NOTES pitfall 1: entries must be a multiple of 8 bytes. */
-    size_t padded = (8 + sb.size + 7) / 8 * 8;
-    if (sb.size > AP_RSM_MAX_ENTRY) {
-        msgpack_sbuffer_destroy(&sb);
-        return AP_ETOOBIG;
-    }
-    out->base = raft_calloc(1, padded);
-    if (out->base == NULL) {
-        msgpack_sbuffer_destroy(&sb);
-        return AP_ENOMEM;
-    }
-    uint8_t *hdr = out->base;
+    /* RAFT-NOTES pitfall 1: entries must be a multiple of 8 bytes; the padding is zeroed. */
+    size_t padded = (8 + size + 7) / 8 * 8;
+    memset(fb.p + fb.len, 0, padded - fb.len);
     for (int i = 0; i < 8; i++) {
-        hdr[i] = (uint8_t)((uint64_t)sb.size >> (8 * i));
+        fb.p[i] = (uint8_t)((uint64_t)size >> (8 * i));
     }
-    memcpy(hdr + 8, sb.data, sb.size);
+    out->base = fb.p;
     out->len = padded;
-    msgpack_sbuffer_destroy(&sb);
     return 0;
 }
 

@@ -537,11 +537,7 @@ static int savepoint_sql(struct ap_store *s, const char *verb, const char *name)
         return fail(s, AP_EINVAL, "%s: bad savepoint name", verb);
     }
     snprintf(sql, sizeof sql, "%s %s", verb, name);
-    int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
-    if (rc != SQLITE_OK) {
-        return fail_sqlite(s, rc, "%s %s", verb, name);
-    }
-    return 0;
+    return run_cached(s, sql, verb);
 }
 
 int ap_store_savepoint(struct ap_store *s, const char *name)

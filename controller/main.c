@@ -4,7 +4,6 @@
 #include "node.h"
 
 #include <getopt.h>
-#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -288,11 +287,7 @@ int main(int argc, char **argv)
     /* Forwards and fan-outs run blocking libcurl calls on libuv's threadpool,
      * which raft's disk I/O and password hashing share: give the pool room. */
     setenv("UV_THREADPOOL_SIZE", "32", 0);
-    /* docs/replication.md "Memory": every applied command opens and releases a SQLite
-     * savepoint, whose free() would otherwise hand the top of the heap back to the kernel
-     * (brk, then a TLB shootdown on every core): 40% of a follower's time in a profile. */
-    mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
-    mallopt(M_TOP_PAD, 16 * 1024 * 1024);
+    ap_malloc_tune_server();
     struct app a;
     memset(&a, 0, sizeof a);
     a.loop = uv_default_loop();

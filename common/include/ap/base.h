@@ -39,6 +39,12 @@ void *ap_realloc(void *ptr, size_t size);
 /** free(); NULL is fine. */
 void ap_free(void *ptr);
 
+/**
+ * Tune glibc malloc for a long-running server with a replicated store (docs/replication.md
+ * "Memory"): keep freed heap instead of trimming it, and no fast bins. Call once, early.
+ */
+void ap_malloc_tune_server(void);
+
 /** strdup(); NULL on exhaustion or when s is NULL. Caller frees. */
 char *ap_strdup(const char *s);
 
