@@ -376,6 +376,17 @@ unsigned ap_rsm_snapshot_threshold_for(unsigned base, uint64_t image_bytes, uint
     return (unsigned)t;
 }
 
+/* docs/replication.md "Snapshots": a follower that was down as long as before the threshold
+ * grew must still catch up from the log, not from a transfer of the (now large) image. */
+unsigned ap_rsm_snapshot_trailing_for(unsigned base_threshold, unsigned base_trailing,
+                                      unsigned threshold)
+{
+    if (base_threshold == 0 || threshold <= base_threshold) {
+        return base_trailing;
+    }
+    return (unsigned)((uint64_t)base_trailing * threshold / base_threshold);
+}
+
 static void resize_snapshot_threshold(struct ap_rsm *r)
 {
     uint64_t image = ap_rsm_fsm_snapshot_bytes(r->fsm);
@@ -383,9 +394,12 @@ static void resize_snapshot_threshold(struct ap_rsm *r)
     unsigned t = ap_rsm_snapshot_threshold_for(r->threshold, image, entry);
     t += (unsigned)((r->id - 1) % 4) * (t / 4);
     if (t != r->raft.snapshot.threshold) {
-        AP_LOG(AP_LOG_INFO, "rsm_snapshot_threshold entries=%u image_bytes=%llu entry_bytes=%llu",
-               t, (unsigned long long)image, (unsigned long long)entry);
+        unsigned trailing = ap_rsm_snapshot_trailing_for(r->threshold, r->trailing, t);
+        AP_LOG(AP_LOG_INFO,
+               "rsm_snapshot_threshold entries=%u trailing=%u image_bytes=%llu entry_bytes=%llu",
+               t, trailing, (unsigned long long)image, (unsigned long long)entry);
         raft_set_snapshot_threshold(&r->raft, t);
+        raft_set_snapshot_trailing(&r->raft, trailing);
     }
 }
 

@@ -281,6 +281,22 @@ static void test_snapshot_threshold_follows_image_size(void **state)
     assert_int_equal(ap_rsm_snapshot_threshold_for(8192, 4ull << 30, 100), 524288);
 }
 
+static void test_snapshot_trailing_follows_threshold(void **state)
+{
+    AP_UNUSED(state);
+    /* At the configured threshold, or below it: the configured trailing. */
+    assert_int_equal(ap_rsm_snapshot_trailing_for(8192, 2048, 8192), 2048);
+    assert_int_equal(ap_rsm_snapshot_trailing_for(8192, 2048, 4096), 2048);
+    /* The benchmark's case: a 143 MB image, 3.5 KB entries -> 40,169 entries between
+     * snapshots; a follower down for ~3,300 entries must not need the image. */
+    unsigned t = ap_rsm_snapshot_threshold_for(8192, 142802944, 3555);
+    unsigned kept = ap_rsm_snapshot_trailing_for(8192, 2048, t);
+    assert_int_equal(kept, 10042);
+    assert_true(kept > 3300);
+    /* Same ratio at the cap: 64 x the threshold keeps 64 x the trailing. */
+    assert_int_equal(ap_rsm_snapshot_trailing_for(8192, 2048, 524288), 131072);
+}
+
 static void test_failed_command_is_undone(void **state)
 {
     struct cluster *c = *state;
@@ -508,6 +524,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_replicates_and_converges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_followers_apply_at_flush, setup, teardown),
         cmocka_unit_test(test_snapshot_threshold_follows_image_size),
+        cmocka_unit_test(test_snapshot_trailing_follows_threshold),
         cmocka_unit_test_setup_teardown(test_failed_command_is_undone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_partitioned_leader, setup, teardown),
         cmocka_unit_test_setup_teardown(test_killed_follower_catches_up_by_snapshot, setup,

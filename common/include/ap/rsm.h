@@ -53,6 +53,13 @@ struct ap_rsm_config {
 unsigned ap_rsm_snapshot_threshold_for(unsigned base, uint64_t image_bytes, uint64_t entry_bytes);
 
 /**
+ * Entries kept behind a snapshot when the threshold is `threshold`: the configured trailing
+ * scaled like the threshold (same ratio), never fewer than base_trailing.
+ */
+unsigned ap_rsm_snapshot_trailing_for(unsigned base_threshold, unsigned base_trailing,
+                                      unsigned threshold);
+
+/**
  * Open the store and raft state under cfg->dir and prepare the node. The node
  * bootstraps the initial configuration from cfg->peers the first time it
  * starts (unless cfg->join). Returns 0 or an AP_E* code with errmsg filled.
