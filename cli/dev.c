@@ -80,18 +80,20 @@ static void usage(FILE *out)
         "usage: archipel dev [--dir DIR] [--regions N] [--nodes-per-region N] [--sites N]\n"
         "\n"
         "Start a whole local archipel topology as child processes, each on its own\n"
-        "loopback address (region rK node I listens on 127.0.(10+K).I, HTTP port %d,\n"
-        "raft port %d), wait until every region has a leader, write DIR/topology.json,\n"
-        "and stay in the foreground; Ctrl-C (SIGINT) or SIGTERM stops every process.\n"
+        "loopback address: the controller on 127.0.10.1, region rK node I on\n"
+        "127.0.(10+K).I (HTTP port %d, raft port %d), region rK's edge site sI on\n"
+        "127.0.(20+K).I. Waits until every region has a leader, writes\n"
+        "DIR/topology.json and an admin token (DIR/admin.token), and stays in the\n"
+        "foreground; Ctrl-C (SIGINT) or SIGTERM stops every process.\n"
         "Running it again with the same DIR restarts the topology with its data.\n"
         "\n"
         "options:\n"
         "  --dir DIR                data, logs and topology.json (default .archipel-dev)\n"
         "  --regions N              regions to start, 1-%d (default 1)\n"
         "  --nodes-per-region N     raft nodes per region, 1-%d (default 3)\n"
-        "  --sites N                edge sites per region (default 0; edge tier not built yet)\n"
+        "  --sites N                edge sites per region, 0-%d (default 3)\n"
         "  -h, --help               print this help and exit\n",
-        HTTP_PORT, RAFT_PORT, MAX_REGIONS, MAX_NODES);
+        HTTP_PORT, RAFT_PORT, MAX_REGIONS, MAX_NODES, MAX_SITES);
 }
 
 static int parse_count(const char *flag, const char *s, int min, int max, int *out)
