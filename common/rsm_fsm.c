@@ -356,6 +356,13 @@ static int apply_now(struct ap_rsm_fsm *f, uint64_t index, const uint8_t *p, siz
         f->in_txn = true;
     }
 
+    /* The whole entry is one savepoint: a store error after some of its commands undoes
+     * them, so the retry (next flush, or raft's) applies each command exactly once. */
+    if (ap_store_savepoint(f->st, "entry") != 0) {
+        AP_LOG(AP_LOG_ERROR, "rsm_apply_failed index=%llu err=\"%s\"", (unsigned long long)index,
+               ap_store_errmsg(f->st));
+        return RAFT_IOERR;
+    }
     msgpack_unpacked up;
     struct ap_rsm_batch *b = NULL;
     char why[AP_ERRMSG_SIZE] = "";
@@ -390,6 +397,12 @@ static int apply_now(struct ap_rsm_fsm *f, uint64_t index, const uint8_t *p, siz
     }
     if (rv == 0) {
         rv = write_applied(f, index);
+    }
+    if (rv == 0) {
+        rv = ap_store_release(f->st, "entry");
+    } else if (ap_store_rollback_to(f->st, "entry") != 0) {
+        AP_LOG(AP_LOG_ERROR, "rsm_entry_rollback_failed index=%llu err=\"%s\"",
+               (unsigned long long)index, ap_store_errmsg(f->st));
     }
     if (rv != 0) {
         batch_free(b);

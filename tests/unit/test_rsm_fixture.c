@@ -21,7 +21,9 @@
 
 static const char *const kv_tables[] = {"kv", NULL};
 
-/* The test application: "put <key> <value>" upserts; "fail <key>" writes then fails. */
+/* The test application: "put <key> <value>" upserts; "fail <key>" writes then fails;
+ * "break" releases the savepoint rsm opened for it, so that rsm's own release fails: a
+ * store error in the middle of an entry. */
 static void kv_apply(void *data, struct ap_store *st, uint64_t index, const uint8_t *cmd,
                      size_t len, struct ap_rsm_result *res)
 {
@@ -34,6 +36,10 @@ static void kv_apply(void *data, struct ap_store *st, uint64_t index, const uint
     }
     memcpy(text, cmd, len);
     text[len] = '\0';
+    if (strcmp(text, "break") == 0) {
+        res->status = ap_store_release(st, "cmd");
+        return;
+    }
     bool fail = strncmp(text, "fail ", 5) == 0;
     if (sscanf(text + (fail ? 5 : 4), "%63s %127s", key, value) < 1) {
         res->status = AP_EINVAL;
@@ -451,6 +457,46 @@ static void test_disk_fault_on_leader(void **state)
     assert_converged(c);
 }
 
+static void encode_cmds(struct raft_buffer *out, size_t n, const char *const *texts)
+{
+    const uint8_t *cmds[4];
+    size_t lens[4];
+    for (size_t i = 0; i < n; i++) {
+        cmds[i] = (const uint8_t *)texts[i];
+        lens[i] = strlen(texts[i]);
+    }
+    assert_int_equal(ap_rsm_entry_encode(cmds, lens, n, NULL, 0, out), 0);
+}
+
+/* A store error after some commands of an entry: none of them stays, and the entry's retry
+ * applies each command once. */
+static void test_store_error_mid_entry_undoes_the_entry(void **state)
+{
+    AP_UNUSED(state);
+    char errmsg[AP_ERRMSG_SIZE];
+    struct ap_store *st;
+    struct ap_rsm_fsm *f;
+    assert_int_equal(ap_store_open(":memory:", AP_STORE_SYNC_OFF, &st, errmsg), 0);
+    assert_int_equal(ap_store_migrate(st, kv_schema, 1), 0);
+    assert_int_equal(ap_rsm_fsm_new(&f, st, kv_apply, NULL, errmsg), 0);
+    struct raft_fsm *rf = ap_rsm_fsm_raft(f);
+    struct raft_buffer bad, good;
+    encode_cmds(&bad, 3, (const char *const[]){"put a 1", "put b 2", "break"});
+    encode_cmds(&good, 2, (const char *const[]){"put a 1", "put c 3"});
+    void *result = NULL;
+    assert_int_equal(rf->apply(rf, &bad, &result), RAFT_IOERR);
+    assert_int_equal(count_rows(st), 0);
+    assert_int_equal(ap_rsm_fsm_applied(f), 0);
+    /* The store still works: the next entry applies once, at index 1. */
+    assert_int_equal(rf->apply(rf, &good, &result), 0);
+    assert_int_equal(ap_rsm_fsm_applied(f), 1);
+    assert_int_equal(count_rows(st), 2);
+    raft_free(bad.base);
+    raft_free(good.base);
+    ap_rsm_fsm_free(f);
+    ap_store_close(st);
+}
+
 /* A restarted node: its store is ahead of the snapshot raft hands back. */
 static void test_restart_neither_loses_nor_reapplies(void **state)
 {
@@ -525,6 +571,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_followers_apply_at_flush, setup, teardown),
         cmocka_unit_test(test_snapshot_threshold_follows_image_size),
         cmocka_unit_test(test_snapshot_trailing_follows_threshold),
+        cmocka_unit_test(test_store_error_mid_entry_undoes_the_entry),
         cmocka_unit_test_setup_teardown(test_failed_command_is_undone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_partitioned_leader, setup, teardown),
         cmocka_unit_test_setup_teardown(test_killed_follower_catches_up_by_snapshot, setup,
