@@ -457,6 +457,16 @@ static void test_disk_fault_on_leader(void **state)
     assert_converged(c);
 }
 
+/* A node without raft: an in-memory kv store and its fsm. */
+static struct raft_fsm *open_kv_fsm(struct ap_store **st, struct ap_rsm_fsm **f)
+{
+    char errmsg[AP_ERRMSG_SIZE];
+    assert_int_equal(ap_store_open(":memory:", AP_STORE_SYNC_OFF, st, errmsg), 0);
+    assert_int_equal(ap_store_migrate(*st, kv_schema, 1), 0);
+    assert_int_equal(ap_rsm_fsm_new(f, *st, kv_apply, NULL, errmsg), 0);
+    return ap_rsm_fsm_raft(*f);
+}
+
 static void encode_cmds(struct raft_buffer *out, size_t n, const char *const *texts)
 {
     const uint8_t *cmds[4];
@@ -473,13 +483,9 @@ static void encode_cmds(struct raft_buffer *out, size_t n, const char *const *te
 static void test_store_error_mid_entry_undoes_the_entry(void **state)
 {
     AP_UNUSED(state);
-    char errmsg[AP_ERRMSG_SIZE];
     struct ap_store *st;
     struct ap_rsm_fsm *f;
-    assert_int_equal(ap_store_open(":memory:", AP_STORE_SYNC_OFF, &st, errmsg), 0);
-    assert_int_equal(ap_store_migrate(st, kv_schema, 1), 0);
-    assert_int_equal(ap_rsm_fsm_new(&f, st, kv_apply, NULL, errmsg), 0);
-    struct raft_fsm *rf = ap_rsm_fsm_raft(f);
+    struct raft_fsm *rf = open_kv_fsm(&st, &f);
     struct raft_buffer bad, good;
     encode_cmds(&bad, 3, (const char *const[]){"put a 1", "put b 2", "break"});
     encode_cmds(&good, 2, (const char *const[]){"put a 1", "put c 3"});
@@ -504,10 +510,7 @@ static void test_restart_neither_loses_nor_reapplies(void **state)
     char errmsg[AP_ERRMSG_SIZE];
     struct ap_store *st;
     struct ap_rsm_fsm *f;
-    assert_int_equal(ap_store_open(":memory:", AP_STORE_SYNC_OFF, &st, errmsg), 0);
-    assert_int_equal(ap_store_migrate(st, kv_schema, 1), 0);
-    assert_int_equal(ap_rsm_fsm_new(&f, st, kv_apply, NULL, errmsg), 0);
-    struct raft_fsm *rf = ap_rsm_fsm_raft(f);
+    struct raft_fsm *rf = open_kv_fsm(&st, &f);
     struct raft_buffer entries[6];
     for (int k = 0; k < 6; k++) {
         char cmd[32];
@@ -544,10 +547,7 @@ static void test_restart_neither_loses_nor_reapplies(void **state)
 
     /* A store that is behind the snapshot (a fresh node) takes the image. */
     struct ap_store *st2;
-    assert_int_equal(ap_store_open(":memory:", AP_STORE_SYNC_OFF, &st2, errmsg), 0);
-    assert_int_equal(ap_store_migrate(st2, kv_schema, 1), 0);
-    assert_int_equal(ap_rsm_fsm_new(&f, st2, kv_apply, NULL, errmsg), 0);
-    rf = ap_rsm_fsm_raft(f);
+    rf = open_kv_fsm(&st2, &f);
     assert_int_equal(rf->restore(rf, &snap[0]), 0);
     assert_int_equal(ap_rsm_fsm_applied(f), 3);
     assert_int_equal(count_rows(st2), 3);
